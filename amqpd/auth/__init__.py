@@ -1,0 +1,1 @@
+"""Users, password hashing and SASL mechanisms."""

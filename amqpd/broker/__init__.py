@@ -1,0 +1,1 @@
+"""The broker model: node, virtual hosts, exchanges, queues, consumers."""

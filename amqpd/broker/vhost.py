@@ -1,0 +1,433 @@
+"""A virtual host: its exchanges, queues and bindings, and routing.
+
+Every check a declaration needs lives here, and each failure raises the
+protocol error RabbitMQ answers with, worded after RabbitMQ's texts.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Collection, Hashable
+from typing import Any
+
+from amqpd import exchanges
+from amqpd.broker.message import Message
+from amqpd.broker.queue import Queue
+from amqpd.errors import (
+    AccessRefused,
+    CommandInvalid,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+
+log = logging.getLogger("amqpd.vhost")
+
+PREDECLARED = {
+    "amq.direct": "direct",
+    "amq.fanout": "fanout",
+    "amq.topic": "topic",
+    "amq.headers": "headers",
+    "amq.match": "headers",
+}
+# Queue arguments RabbitMQ compares when a queue is declared again.
+QUEUE_EQUIVALENCE_ARGS = (
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-expires",
+    "x-max-length", "x-max-length-bytes", "x-max-priority", "x-message-ttl",
+    "x-overflow", "x-queue-mode", "x-queue-type", "x-single-active-consumer",
+    "x-delivery-limit", "x-queue-master-locator", "x-queue-version",
+)  # fmt: skip
+
+
+class Exchange:
+    """One exchange: its declaration and its routing table."""
+
+    def __init__(
+        self,
+        vhost: VHost,
+        name: str,
+        type_name: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.type_name = type_name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments
+        self.table = exchanges.get(type_name)()
+        self.needs_headers = self.table.needs_headers
+        self.deleted = False
+        # exchanges whose bindings name this one as destination, so deleting
+        # it can remove them
+        self.sources: set[Exchange] = set()
+
+    @property
+    def alternate(self) -> str | None:
+        value = self.arguments.get("alternate-exchange")
+        return value if isinstance(value, str) else None
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.name!r} {self.type_name}>"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"  # RabbitMQ is lenient about integer widths
+    return type(value).__name__
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _kind(a) == _kind(b) and a == b
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def check_name(name: str, what: str) -> None:
+    if len(name.encode()) > 255:
+        raise PreconditionFailed(f"{what} name longer than 255 bytes")
+
+
+class VHost:
+    """Exchanges, queues and bindings of one virtual host."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self._declare_defaults()
+
+    def _declare_defaults(self) -> None:
+        self.exchanges[""] = Exchange(
+            self, "", "direct", durable=True, auto_delete=False, internal=False,
+            arguments={},
+        )  # fmt: skip
+        for name, type_name in PREDECLARED.items():
+            self.exchanges[name] = Exchange(
+                self, name, type_name, durable=True, auto_delete=False,
+                internal=False, arguments={},
+            )  # fmt: skip
+
+    def where(self, kind: str, name: str) -> str:
+        return f"{kind} '{name}' in vhost '{self.name}'"
+
+    # exchanges
+
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no {self.where('exchange', name)}")
+        return exchange
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_name: str,
+        *,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> Exchange:
+        check_name(name, "exchange")
+        if passive:
+            return self.get_exchange(name)
+        if name == "" or name.startswith("amq."):
+            existing = self.exchanges.get(name)
+            if existing is None or name == "":
+                raise AccessRefused(
+                    f"exchange name '{name}' contains reserved prefix 'amq.'"
+                    if name
+                    else "operation not permitted on the default exchange"
+                )
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            self._check_exchange_equivalent(
+                existing, type_name, durable, auto_delete, internal, arguments
+            )
+            return existing
+        try:
+            exchanges.get(type_name)
+        except KeyError:
+            raise CommandInvalid(
+                f"unknown exchange type '{type_name}'"
+            ) from None
+        exchange = Exchange(
+            self, name, type_name, durable=durable, auto_delete=auto_delete,
+            internal=internal, arguments=arguments,
+        )  # fmt: skip
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_exchange_equivalent(
+        self,
+        ex: Exchange,
+        type_name: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        where = self.where("exchange", ex.name)
+        if ex.type_name != type_name:
+            raise PreconditionFailed(
+                f"inequivalent arg 'type' for {where}: received '{type_name}' "
+                f"but current is '{ex.type_name}'"
+            )
+        for field, new, old in (
+            ("durable", durable, ex.durable),
+            ("auto_delete", auto_delete, ex.auto_delete),
+            ("internal", internal, ex.internal),
+        ):
+            if new != old:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{field}' for {where}: received "
+                    f"'{_show(new)}' but current is '{_show(old)}'"
+                )
+        key = "alternate-exchange"
+        if not _same(arguments.get(key), ex.arguments.get(key)):
+            raise PreconditionFailed(
+                f"inequivalent arg '{key}' for {where}: received "
+                f"'{_show(arguments.get(key))}' but current is "
+                f"'{_show(ex.arguments.get(key))}'"
+            )
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(
+                f"operation not permitted on {self.where('exchange', name)}"
+            )
+        exchange = self.get_exchange(name)
+        if if_unused and exchange.table.has_bindings():
+            raise PreconditionFailed(f"{self.where('exchange', name)} in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        exchange.deleted = True
+        self.exchanges.pop(exchange.name, None)
+        for source in list(exchange.sources):
+            source.table.unbind_destination(exchange)
+            self._maybe_auto_delete(source)
+        for dest, _key, _args in list(exchange.table.bindings()):
+            if isinstance(dest, Exchange):
+                dest.sources.discard(exchange)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if (
+            exchange.auto_delete
+            and not exchange.deleted
+            and not exchange.table.has_bindings()
+        ):
+            self._remove_exchange(exchange)
+
+    # queues
+
+    def get_queue(self, name: str, owner: object | None = None) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no {self.where('queue', name)}")
+        if queue.owner is not None and queue.owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked "
+                f"{self.where('queue', name)}. It could be originally declared "
+                "on another connection or the exclusive property value does "
+                "not match that of the original declaration."
+            )
+        return queue
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+        owner: object,
+    ) -> Queue:
+        check_name(name, "queue")
+        if passive:
+            return self.get_queue(name, owner)
+        if not name:
+            name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
+        elif name.startswith("amq."):
+            raise AccessRefused(
+                f"queue name '{name}' contains reserved prefix 'amq.*'"
+            )
+        existing = self.queues.get(name)
+        if existing is not None:
+            self.get_queue(name, owner)  # exclusivity check
+            self._check_queue_equivalent(
+                existing, durable, exclusive, auto_delete, arguments
+            )
+            return existing
+        queue = Queue(
+            self, name, durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete, arguments=arguments,
+        )  # fmt: skip
+        self.queues[name] = queue
+        return queue
+
+    def _check_queue_equivalent(
+        self,
+        queue: Queue,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        where = self.where("queue", queue.name)
+        for field, new, old in (
+            ("durable", durable, queue.durable),
+            ("exclusive", exclusive, queue.exclusive),
+            ("auto_delete", auto_delete, queue.auto_delete),
+        ):
+            if new != old:
+                raise PreconditionFailed(
+                    f"inequivalent arg '{field}' for {where}: received "
+                    f"'{_show(new)}' but current is '{_show(old)}'"
+                )
+        for key in QUEUE_EQUIVALENCE_ARGS:
+            new, old = arguments.get(key), queue.arguments.get(key)
+            if not _same(new, old):
+                raise PreconditionFailed(
+                    f"inequivalent arg '{key}' for {where}: received "
+                    f"'{_show(new)}' but current is '{_show(old)}'"
+                )
+
+    def delete_queue(
+        self,
+        name: str,
+        *,
+        if_unused: bool = False,
+        if_empty: bool = False,
+        owner: object | None = None,
+        check_owner: bool = False,
+    ) -> int:
+        """Delete a queue; returns the number of ready messages it held."""
+        queue = self.get_queue(name, owner) if check_owner else self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no {self.where('queue', name)}")
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"{self.where('queue', name)} in use")
+        if if_empty and queue.ready:
+            raise PreconditionFailed(f"{self.where('queue', name)} not empty")
+        count = len(queue.ready)
+        queue.deleted = True
+        del self.queues[name]
+        for exchange in list(self.exchanges.values()):
+            if exchange.table.unbind_destination(queue) and exchange.name:
+                self._maybe_auto_delete(exchange)
+        for consumer in list(queue.consumers):
+            consumer.channel.cancel_by_server(consumer)
+        queue.consumers.clear()
+        queue.ready.clear()
+        return count
+
+    # bindings
+
+    def bind(
+        self,
+        destination: Queue | Exchange,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        source = self._bindable_source(source_name, destination)
+        try:
+            source.table.validate_binding(routing_key, arguments)
+        except exchanges.BindingError as exc:
+            raise PreconditionFailed(str(exc)) from None
+        source.table.bind(destination, routing_key, arguments)
+        if isinstance(destination, Exchange):
+            destination.sources.add(source)
+
+    def unbind(
+        self,
+        destination: Queue | Exchange,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        source = self._bindable_source(source_name, destination)
+        if not source.table.unbind(destination, routing_key, arguments):
+            return  # RabbitMQ answers unbind-ok for a binding that is not there
+        if isinstance(destination, Exchange) and not any(
+            d is destination for d, _, _ in source.table.bindings()
+        ):
+            destination.sources.discard(source)
+        self._maybe_auto_delete(source)
+
+    def _bindable_source(
+        self, source_name: str, destination: Queue | Exchange
+    ) -> Exchange:
+        if source_name == "" or (
+            isinstance(destination, Exchange) and destination.name == ""
+        ):
+            raise AccessRefused(
+                "operation not permitted on the default exchange"
+            )
+        return self.get_exchange(source_name)
+
+    # routing
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Every queue the message goes to, each once, following
+        exchange-to-exchange bindings and alternate exchanges."""
+        if exchange.name == "":
+            queue = self.queues.get(message.routing_key)
+            return [queue] if queue is not None else []
+        headers = message.headers if exchange.needs_headers else None
+        found = exchange.table.route(message.routing_key, headers)
+        if found and all(type(d) is Queue for d in found):
+            return list(found)  # type: ignore[arg-type]
+        queues: dict[int, Queue] = {}
+        self._route_into(exchange, message, found, queues, {id(exchange)})
+        return list(queues.values())
+
+    def _route_into(
+        self,
+        exchange: Exchange,
+        message: Message,
+        found: Collection[Hashable],
+        queues: dict[int, Queue],
+        seen: set[int],
+    ) -> None:
+        before = len(queues)
+        for dest in found:
+            if isinstance(dest, Queue):
+                queues[id(dest)] = dest
+            elif isinstance(dest, Exchange) and id(dest) not in seen:
+                seen.add(id(dest))
+                headers = message.headers if dest.needs_headers else None
+                self._route_into(
+                    dest, message, dest.table.route(message.routing_key, headers),
+                    queues, seen,
+                )  # fmt: skip
+        if len(queues) == before and exchange.alternate:
+            alt = self.exchanges.get(exchange.alternate)
+            if alt is not None and id(alt) not in seen:
+                seen.add(id(alt))
+                headers = message.headers if alt.needs_headers else None
+                self._route_into(
+                    alt, message, alt.table.route(message.routing_key, headers),
+                    queues, seen,
+                )  # fmt: skip

@@ -1,0 +1,595 @@
+"""The channel machine: one AMQP channel's methods, content and deliveries.
+
+Soft errors raised here close only this channel; the connection machine
+turns them into channel.close. While a channel is closing (we sent
+channel.close and wait for close-ok) every other frame on it is dropped,
+as RabbitMQ does.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as spec
+from pamqp.base import Frame as Method
+
+from amqpd.broker.consumer import Consumer
+from amqpd.broker.message import Message
+from amqpd.broker.queue import Entry, Queue
+from amqpd.broker.vhost import Exchange
+from amqpd.codec import fastpath, properties, table
+from amqpd.codec.frames import build_content, build_method
+from amqpd.errors import (
+    AccessRefused,
+    ChannelErrorHard,
+    FrameError,
+    NotAllowed,
+    NotFound,
+    NotImplemented_,
+    PreconditionFailed,
+    SyntaxError_,
+    UnexpectedFrame,
+)
+from amqpd.protocol.content import Assembly
+
+if TYPE_CHECKING:
+    from amqpd.protocol.connection import ConnectionMachine
+
+log = logging.getLogger("amqpd.channel")
+
+OPEN, CLOSING = "open", "closing"
+Unacked = tuple[Entry, Queue, Consumer | None]
+
+
+def _random_tag(prefix: str) -> str:
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
+
+
+class ChannelMachine:
+    """State of one channel: consumers, unacked deliveries, confirms, tx."""
+
+    def __init__(self, conn: ConnectionMachine, number: int) -> None:
+        self.conn = conn
+        self.number = number
+        self.state = OPEN
+        self.flow_active = True
+        self.assembly: Assembly | None = None
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self.next_tag = 0
+        self.prefetch_count = 0  # for consumers created from now on
+        self.global_prefetch = 0
+        self.last_queue = ""
+        # publisher confirms
+        self.confirming = False
+        self.publish_seq = 0
+        self.confirmed_upto = 0
+        self.nacks: list[int] = []
+        # transactions: a list of deferred actions applied on commit
+        self.tx: list[Callable[[], None]] | None = None
+        self.tx_taken: list[tuple[int, Unacked]] = []
+        self._handlers: dict[type[Method], Callable[[Any], None]] = {
+            spec.Channel.Close: self._on_close,
+            spec.Channel.CloseOk: self._on_close_ok,
+            spec.Channel.Flow: self._on_flow,
+            spec.Channel.FlowOk: lambda m: None,
+            spec.Channel.Open: self._on_reopen,
+            spec.Exchange.Declare: self._on_exchange_declare,
+            spec.Exchange.Delete: self._on_exchange_delete,
+            spec.Exchange.Bind: self._on_exchange_bind,
+            spec.Exchange.Unbind: self._on_exchange_unbind,
+            spec.Queue.Declare: self._on_queue_declare,
+            spec.Queue.Bind: self._on_queue_bind,
+            spec.Queue.Unbind: self._on_queue_unbind,
+            spec.Queue.Purge: self._on_queue_purge,
+            spec.Queue.Delete: self._on_queue_delete,
+            spec.Basic.Qos: self._on_qos,
+            spec.Basic.Consume: self._on_consume,
+            spec.Basic.Cancel: self._on_cancel,
+            spec.Basic.Get: self._on_get,
+            spec.Basic.Ack: lambda m: self.ack(m.delivery_tag, m.multiple),
+            spec.Basic.Reject: lambda m: self._on_reject(m.delivery_tag, False, m.requeue),
+            spec.Basic.Nack: lambda m: self._on_reject(m.delivery_tag, m.multiple, m.requeue),
+            spec.Basic.Recover: self._on_recover,
+            spec.Basic.RecoverAsync: self._on_recover,
+            spec.Confirm.Select: self._on_confirm_select,
+            spec.Tx.Select: self._on_tx_select,
+            spec.Tx.Commit: self._on_tx_commit,
+            spec.Tx.Rollback: self._on_tx_rollback,
+        }  # fmt: skip
+
+    # output helpers
+
+    def send(self, method: Method) -> None:
+        self.conn.write(build_method(self.number, method))
+
+    @property
+    def vhost(self) -> Any:
+        return self.conn.vhost
+
+    # frames in
+
+    def on_method(self, method: Method) -> None:
+        if self.assembly is not None:
+            raise UnexpectedFrame(
+                f"expected content header for class 60, got {method.name}",
+                method.frame_id,
+                method.index & 0xFFFF,
+            )
+        handler = self._handlers.get(type(method))
+        if handler is None:
+            raise NotImplemented_(f"{method.name} is not supported")
+        handler(method)
+
+    def on_publish(self, payload: bytes) -> None:
+        """basic.publish through the fast path."""
+        if self.assembly is not None:
+            raise UnexpectedFrame("expected content header, got basic.publish", 60, 40)
+        try:
+            exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(payload)
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise SyntaxError_(f"malformed basic.publish: {exc}", 60, 40) from None
+        if immediate:
+            raise NotImplemented_("immediate=true", 60, 40)
+        self.assembly = Assembly(exchange, key, ex_rk, mandatory)
+
+    def on_header(self, payload: bytes) -> None:
+        assembly = self.assembly
+        if assembly is None:
+            raise UnexpectedFrame("content header frame without a content method")
+        if assembly.add_header(payload, self.conn.max_message_size):
+            self._publish_assembled(assembly)
+
+    def on_body(self, payload: bytes) -> None:
+        assembly = self.assembly
+        if assembly is None or assembly.header is None:
+            raise UnexpectedFrame("content body frame without a content header")
+        if assembly.add_body(payload):
+            self._publish_assembled(assembly)
+
+    # publishing
+
+    def _publish_assembled(self, assembly: Assembly) -> None:
+        self.assembly = None
+        header = assembly.header
+        assert header is not None
+        try:
+            spans = properties.scan(header)
+        except (ValueError, IndexError) as exc:
+            raise FrameError(f"malformed content header: {exc}") from None
+        message = Message(
+            assembly.exchange, assembly.routing_key, assembly.ex_rk, header,
+            assembly.body, spans,
+        )  # fmt: skip
+        if self.confirming:
+            self.publish_seq += 1
+        exchange = self.vhost.exchanges.get(message.exchange)
+        if exchange is None:
+            raise NotFound(f"no exchange '{message.exchange}' in vhost "
+                           f"'{self.vhost.name}'", 60, 40)  # fmt: skip
+        if exchange.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchange.name}' in "
+                f"vhost '{self.vhost.name}'", 60, 40,
+            )  # fmt: skip
+        if "headers" in spans:
+            message, extra_keys = self._apply_cc(message)
+        else:
+            extra_keys = ()
+        if self.tx is not None:
+            self.tx.append(
+                lambda: self._route(exchange, message, extra_keys, assembly.mandatory)
+            )
+            return
+        self._route(exchange, message, extra_keys, assembly.mandatory)
+
+    def _route(
+        self,
+        exchange: Exchange,
+        message: Message,
+        extra_keys: Iterable[str],
+        mandatory: bool,
+    ) -> None:
+        vhost = self.vhost
+        queues = vhost.route(exchange, message)
+        for key in extra_keys:
+            routed = Message(
+                message.exchange, key, message.ex_rk, message.header,
+                message.body, message.spans,
+            )  # fmt: skip
+            for queue in vhost.route(exchange, routed):
+                if queue not in queues:
+                    queues.append(queue)
+        if queues:
+            for queue in queues:
+                queue.publish(message)
+        elif mandatory:
+            self._return(message, 312, "NO_ROUTE")
+        if self.confirming:
+            self.conn.confirms_pending.add(self)
+
+    def _apply_cc(self, message: Message) -> tuple[Message, list[str]]:
+        """CC and BCC headers: extra routing keys; BCC removed before delivery."""
+        raw = properties.raw(message.header, message.spans, "headers")
+        assert raw is not None
+        if b"\x02CC" not in raw and b"\x03BCC" not in raw:
+            return message, []
+        entries = table.split_table(raw)
+        keys: list[str] = []
+        kept = []
+        for key, value in entries:
+            if key in ("CC", "BCC"):
+                decoded = table.decode_value(value)
+                if isinstance(decoded, list):
+                    keys += [v.decode() if isinstance(v, bytes) else str(v)
+                             for v in decoded]  # fmt: skip
+            if key != "BCC":
+                kept.append((key, value))
+        if len(kept) != len(entries):
+            message = message.replace({"headers": table.join_table(kept)})
+        return message, keys
+
+    def _return(self, message: Message, code: int, text: str) -> None:
+        method = spec.Basic.Return(
+            reply_code=code, reply_text=text, exchange=message.exchange,
+            routing_key=message.routing_key,
+        )  # fmt: skip
+        self.conn.write(build_method(self.number, method))
+        self.conn.write_many(
+            build_content(self.number, message.header, message.body, self.conn.frame_max)
+        )
+
+    def flush_confirms(self) -> None:
+        """Send the acks (and nacks) for everything published so far."""
+        upto = self.publish_seq
+        if upto == self.confirmed_upto:
+            return
+        start = self.confirmed_upto
+        for tag in self.nacks:
+            if tag - 1 > start:
+                self._send_confirm(spec.Basic.Ack, start, tag - 1)
+            self._send_confirm(spec.Basic.Nack, tag - 1, tag)
+            start = tag
+        self.nacks.clear()
+        if upto > start:
+            self._send_confirm(spec.Basic.Ack, start, upto)
+        self.confirmed_upto = upto
+
+    def _send_confirm(self, kind: type[Method], after: int, upto: int) -> None:
+        self.send(kind(delivery_tag=upto, multiple=upto - after > 1))
+
+    # deliveries (DeliverySink)
+
+    @property
+    def blocked(self) -> bool:
+        return not self.flow_active or self.conn.saturated
+
+    def has_capacity(self) -> bool:
+        return not self.global_prefetch or len(self.unacked) < self.global_prefetch
+
+    def deliver(self, consumer: Consumer, entry: Entry, queue: Queue) -> None:
+        self.next_tag += 1
+        tag = self.next_tag
+        if not consumer.no_ack:
+            self.unacked[tag] = (entry, queue, consumer)
+            consumer.unacked += 1
+        message = entry.message
+        conn = self.conn
+        conn.write(fastpath.deliver_frame(
+            self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk
+        ))  # fmt: skip
+        conn.write_many(
+            build_content(self.number, message.header, message.body, conn.frame_max)
+        )
+
+    def cancel_by_server(self, consumer: Consumer) -> None:
+        if self.consumers.pop(consumer.tag, None) is None:
+            return
+        if self.conn.consumer_cancel_notify and self.state == OPEN:
+            self.send(spec.Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
+
+    # acknowledgements
+
+    def ack(self, tag: int, multiple: bool) -> None:
+        taken = self._take(tag, multiple)
+        if self.tx is not None:
+            self.tx_taken += taken
+            self.tx.append(lambda: self._settle([item for _, item in taken]))
+            return
+        self._settle([item for _, item in taken])
+
+    def _take(self, tag: int, multiple: bool) -> list[tuple[int, Unacked]]:
+        unacked = self.unacked
+        if not multiple:
+            item = unacked.pop(tag, None)
+            if item is None:
+                raise PreconditionFailed(f"unknown delivery tag {tag}", 60, 80)
+            return [(tag, item)]
+        if tag == 0:
+            items = list(unacked.items())
+            unacked.clear()
+            return items
+        if tag not in unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}", 60, 80)
+        tags = []
+        for t in unacked:
+            if t > tag:
+                break
+            tags.append(t)
+        return [(t, unacked.pop(t)) for t in tags]
+
+    def _settle(self, items: list[Unacked]) -> None:
+        """Acked: release the messages and let the queues deliver more."""
+        touched: dict[int, Queue] = {}
+        for _entry, queue, consumer in items:
+            queue.settle()
+            if consumer is not None:
+                consumer.unacked -= 1
+            touched[id(queue)] = queue
+        self._redispatch(touched)
+
+    def _redispatch(self, touched: dict[int, Queue]) -> None:
+        if self.global_prefetch:
+            for consumer in self.consumers.values():
+                touched[id(consumer.queue)] = consumer.queue
+        for queue in touched.values():
+            if queue.consumers and not queue.deleted:
+                queue.dispatch()
+
+    def _on_reject(self, tag: int, multiple: bool, requeue: bool) -> None:
+        taken = self._take(tag, multiple)
+        items = [item for _, item in taken]
+        if self.tx is not None:
+            self.tx_taken += taken
+            self.tx.append(lambda: self._reject(items, requeue))
+            return
+        self._reject(items, requeue)
+
+    def _reject(self, items: list[Unacked], requeue: bool) -> None:
+        by_queue: dict[int, tuple[Queue, list[Entry]]] = {}
+        for entry, queue, consumer in items:
+            if consumer is not None:
+                consumer.unacked -= 1
+            by_queue.setdefault(id(queue), (queue, []))[1].append(entry)
+        touched: dict[int, Queue] = {}
+        for queue, entries in by_queue.values():
+            if requeue and not queue.deleted:
+                queue.requeue(entries)
+            else:
+                queue.discard(entries)
+            touched[id(queue)] = queue
+        self._redispatch(touched)
+
+    def _on_recover(self, method: spec.Basic.Recover) -> None:
+        if not method.requeue:
+            raise NotImplemented_("requeue=false", 60, 110)
+        self.requeue_all()
+        if isinstance(method, spec.Basic.Recover):
+            self.send(spec.Basic.RecoverOk())
+
+    def requeue_all(self) -> None:
+        items = list(self.unacked.values())
+        self.unacked.clear()
+        self._reject(items, True)
+
+    # channel class
+
+    def _on_close(self, method: spec.Channel.Close) -> None:
+        self.release()
+        self.send(spec.Channel.CloseOk())
+        self.conn.forget_channel(self.number)
+
+    def _on_close_ok(self, method: spec.Channel.CloseOk) -> None:
+        raise ChannelErrorHard("unexpected channel.close-ok", 20, 41)
+
+    def _on_reopen(self, method: spec.Channel.Open) -> None:
+        raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
+
+    def _on_flow(self, method: spec.Channel.Flow) -> None:
+        self.flow_active = method.active
+        self.send(spec.Channel.FlowOk(active=method.active))
+        if method.active:
+            self._redispatch({})
+            for consumer in self.consumers.values():
+                consumer.queue.dispatch()
+
+    def release(self) -> None:
+        """The channel is going away: cancel consumers, requeue unacked."""
+        self.state = CLOSING
+        self.assembly = None
+        self.tx = None
+        for tag, item in self.tx_taken:
+            self.unacked[tag] = item
+        self.tx_taken = []
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer)
+        self.requeue_all()
+
+    # exchange class
+
+    def _on_exchange_declare(self, m: spec.Exchange.Declare) -> None:
+        self.vhost.declare_exchange(
+            m.exchange, m.exchange_type, passive=m.passive, durable=m.durable,
+            auto_delete=m.auto_delete, internal=m.internal,
+            arguments=dict(m.arguments or {}),
+        )  # fmt: skip
+        if not m.nowait:
+            self.send(spec.Exchange.DeclareOk())
+
+    def _on_exchange_delete(self, m: spec.Exchange.Delete) -> None:
+        if m.exchange in self.vhost.exchanges or m.exchange.startswith("amq.") \
+                or m.exchange == "":  # fmt: skip
+            self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
+        if not m.nowait:
+            self.send(spec.Exchange.DeleteOk())
+
+    def _on_exchange_bind(self, m: spec.Exchange.Bind) -> None:
+        dest = self.vhost.get_exchange(m.destination)
+        self.vhost.bind(dest, m.source, m.routing_key, dict(m.arguments or {}))
+        if not m.nowait:
+            self.send(spec.Exchange.BindOk())
+
+    def _on_exchange_unbind(self, m: spec.Exchange.Unbind) -> None:
+        dest = self.vhost.get_exchange(m.destination)
+        self.vhost.unbind(dest, m.source, m.routing_key, dict(m.arguments or {}))
+        if not m.nowait:
+            self.send(spec.Exchange.UnbindOk())
+
+    # queue class
+
+    def _queue_name(self, name: str, method_id: int) -> str:
+        if name:
+            return name
+        if not self.last_queue:
+            raise NotFound("no previously declared queue", 50, method_id)
+        return self.last_queue
+
+    def _on_queue_declare(self, m: spec.Queue.Declare) -> None:
+        queue = self.vhost.declare_queue(
+            m.queue, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
+            auto_delete=m.auto_delete, arguments=dict(m.arguments or {}),
+            owner=self.conn,
+        )  # fmt: skip
+        if queue.owner is self.conn:
+            self.conn.exclusive_queues[queue.name] = queue
+        self.last_queue = queue.name
+        if not m.nowait:
+            self.send(spec.Queue.DeclareOk(
+                queue=queue.name, message_count=queue.message_count,
+                consumer_count=queue.consumer_count,
+            ))  # fmt: skip
+
+    def _on_queue_bind(self, m: spec.Queue.Bind) -> None:
+        queue = self.vhost.get_queue(self._queue_name(m.queue, 20), self.conn)
+        self.vhost.bind(queue, m.exchange, m.routing_key, dict(m.arguments or {}))
+        if not m.nowait:
+            self.send(spec.Queue.BindOk())
+
+    def _on_queue_unbind(self, m: spec.Queue.Unbind) -> None:
+        queue = self.vhost.get_queue(self._queue_name(m.queue, 50), self.conn)
+        self.vhost.unbind(queue, m.exchange, m.routing_key, dict(m.arguments or {}))
+        self.send(spec.Queue.UnbindOk())
+
+    def _on_queue_purge(self, m: spec.Queue.Purge) -> None:
+        queue = self.vhost.get_queue(self._queue_name(m.queue, 30), self.conn)
+        count = queue.purge()
+        if not m.nowait:
+            self.send(spec.Queue.PurgeOk(message_count=count))
+
+    def _on_queue_delete(self, m: spec.Queue.Delete) -> None:
+        name = self._queue_name(m.queue, 40)
+        count = 0
+        if name in self.vhost.queues:
+            count = self.vhost.delete_queue(
+                name, if_unused=m.if_unused, if_empty=m.if_empty,
+                owner=self.conn, check_owner=True,
+            )  # fmt: skip
+            self.conn.exclusive_queues.pop(name, None)
+        if not m.nowait:
+            self.send(spec.Queue.DeleteOk(message_count=count))
+
+    # basic class
+
+    def _on_qos(self, m: spec.Basic.Qos) -> None:
+        if m.prefetch_size:
+            raise NotImplemented_(f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.prefetch_count = m.prefetch_count
+        self.send(spec.Basic.QosOk())
+        self._redispatch({})
+
+    def _on_consume(self, m: spec.Basic.Consume) -> None:
+        queue = self.vhost.get_queue(self._queue_name(m.queue, 20), self.conn)
+        tag = m.consumer_tag or _random_tag("amq.ctag-")
+        if tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        if len(tag.encode()) > 255:
+            raise PreconditionFailed("consumer tag longer than 255 bytes", 60, 20)
+        if queue.has_exclusive_consumer() or (m.exclusive and queue.consumers):
+            raise AccessRefused(
+                f"queue '{queue.name}' in vhost '{self.vhost.name}' in "
+                "exclusive use", 60, 20,
+            )  # fmt: skip
+        consumer = Consumer(
+            tag, queue, self, no_ack=m.no_ack, exclusive=m.exclusive,
+            prefetch=self.prefetch_count, arguments=dict(m.arguments or {}),
+        )  # fmt: skip
+        self.consumers[tag] = consumer
+        if not m.nowait:
+            self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
+        queue.add_consumer(consumer)
+
+    def _on_cancel(self, m: spec.Basic.Cancel) -> None:
+        consumer = self.consumers.pop(m.consumer_tag, None)
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+        if not m.nowait:
+            self.send(spec.Basic.CancelOk(consumer_tag=m.consumer_tag))
+
+    def _on_get(self, m: spec.Basic.Get) -> None:
+        queue = self.vhost.get_queue(self._queue_name(m.queue, 70), self.conn)
+        entry = queue.get(m.no_ack)
+        if entry is None:
+            self.send(spec.Basic.GetEmpty())
+            return
+        self.next_tag += 1
+        tag = self.next_tag
+        if not m.no_ack:
+            self.unacked[tag] = (entry, queue, None)
+        message = entry.message
+        conn = self.conn
+        conn.write(fastpath.get_ok_frame(
+            self.number, tag, entry.redelivered, message.ex_rk, queue.message_count
+        ))  # fmt: skip
+        conn.write_many(
+            build_content(self.number, message.header, message.body, conn.frame_max)
+        )
+
+    # confirm and tx classes
+
+    def _on_confirm_select(self, m: spec.Confirm.Select) -> None:
+        if self.tx is not None:
+            raise PreconditionFailed(
+                "cannot switch from tx to confirm mode", 85, 10
+            )
+        self.confirming = True
+        if not m.nowait:
+            self.send(spec.Confirm.SelectOk())
+
+    def _on_tx_select(self, m: spec.Tx.Select) -> None:
+        if self.confirming:
+            raise PreconditionFailed(
+                "cannot switch from confirm to tx mode", 90, 10
+            )
+        if self.tx is None:
+            self.tx = []
+        self.send(spec.Tx.SelectOk())
+
+    def _on_tx_commit(self, m: spec.Tx.Commit) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("channel is not transactional", 90, 20)
+        actions, self.tx = self.tx, []
+        self.tx_taken = []
+        for action in actions:
+            action()
+        self.send(spec.Tx.CommitOk())
+
+    def _on_tx_rollback(self, m: spec.Tx.Rollback) -> None:
+        if self.tx is None:
+            raise PreconditionFailed("channel is not transactional", 90, 30)
+        self.tx = []
+        # acks and rejects of the rolled-back transaction are undone: the
+        # messages are unacked again under their delivery tags
+        restored = dict(self.unacked)
+        restored.update(self.tx_taken)
+        self.unacked = dict(sorted(restored.items()))
+        self.tx_taken = []
+        self.send(spec.Tx.RollbackOk())

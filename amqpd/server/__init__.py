@@ -1,0 +1,1 @@
+"""The I/O side: listeners, the socket driver and the broker's lifecycle."""

@@ -1,0 +1,215 @@
+"""The broker as an async resource: lock, load, listen, serve, drain.
+
+``async with Broker(port=0) as broker`` runs a real broker in the current
+event loop; ``broker.port`` and ``broker.url`` say where it listens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import SocketListener, SocketStream, TaskGroup
+
+from amqpd.broker.node import Node
+from amqpd.config import Config, default_data_dir
+from amqpd.server.driver import ConnectionDriver
+
+log = logging.getLogger("amqpd.server")
+
+LOCK_NAME = "amqpd.lock"
+DRAIN_TIMEOUT = 2.0
+
+
+class StartupError(Exception):
+    """The broker cannot start (port in use, data directory locked...)."""
+
+
+class DataDirLock:
+    """An exclusive flock on the data directory; the kernel drops it when
+    the process dies, so a lock left by ``kill -9`` never blocks a start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"data directory {self.path.parent} is in use by another "
+                "amqpd (lock held)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _format_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Broker:
+    """A running broker: node, listeners and connections.
+
+    Without a data directory it keeps its data in a temporary one that is
+    removed at exit. Embedded, it binds 127.0.0.1 unless told otherwise.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        host: str | list[str] | None = None,
+        port: int | None = None,
+        data_dir: str | Path | None = None,
+        **options: Any,
+    ) -> None:
+        config = config or Config(bind=["127.0.0.1"])
+        changes: dict[str, Any] = dict(options)
+        if host is not None:
+            changes["bind"] = [host] if isinstance(host, str) else list(host)
+        if port is not None:
+            changes["port"] = port
+        if data_dir is not None:
+            changes["data_dir"] = Path(data_dir)
+        self.config = config.replace(**changes) if changes else config
+        self.node = Node(self.config)
+        self._listeners: list[SocketListener] = []
+        self._tg: TaskGroup | None = None
+        self._lock: DataDirLock | None = None
+        self._temp_dir: str | None = None
+        self.addresses: list[str] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1"
+        binds = self.config.bind
+        if binds and binds[0] not in ("0.0.0.0", "::", ""):
+            host = binds[0] if ":" not in binds[0] else f"[{binds[0]}]"
+        return f"amqp://guest:guest@{host}:{self.port}/"
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.config.data_dir is not None
+        return self.config.data_dir
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self.config.data_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="amqpd-")
+            self.config = self.config.replace(data_dir=Path(self._temp_dir))
+            self.node.config = self.config
+        self._lock = DataDirLock(self.data_dir)
+        try:
+            self._lock.acquire()
+            self.node.ensure_defaults()
+            await self._listen()
+        except BaseException:
+            await self._cleanup()
+            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        for listener in self._listeners:
+            self._tg.start_soon(self._accept, listener)
+        log.info("amqpd ready: listening on %s", ", ".join(self.addresses))
+
+    async def _listen(self) -> None:
+        port = self.config.port
+        hosts = self.config.bind or [None]
+        for host in hosts:
+            try:
+                listener = await anyio.create_tcp_listener(
+                    local_host=host, local_port=port, reuse_port=False
+                )
+            except OSError as exc:
+                where = f"{host or '*'}:{port}"
+                raise StartupError(
+                    f"cannot listen on {where}: {exc.strerror or exc}"
+                ) from None
+            for sub in getattr(listener, "listeners", [listener]):
+                self._listeners.append(sub)
+                sock = sub.extra(anyio.abc.SocketAttribute.raw_socket)
+                self.addresses.append(_format_address(sock))
+                port = port or sock.getsockname()[1]
+        self.port = port
+
+    async def _accept(self, listener: SocketListener) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                except OSError as exc:  # EMFILE and the like: keep serving
+                    log.error("accept failed: %s", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                tg.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        await ConnectionDriver(self.node, stream).run()
+
+    async def aclose(self) -> None:
+        """Stop accepting, close connections with 320, release everything."""
+        for listener in self._listeners:
+            await listener.aclose()
+        drivers = list(self.node.connections)
+        for driver in drivers:
+            if isinstance(driver, ConnectionDriver):
+                driver.force_close("broker forced connection closure with reason 'shutdown'")
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            while self.node.connections:
+                await anyio.sleep(0.02)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        for listener in self._listeners:
+            await listener.aclose()
+        self._listeners.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None

@@ -1,0 +1,1 @@
+"""Optional parts of amqpd, loaded by name from configuration."""
