@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from amqpd.server.lifecycle import StartupError
 
     try:
-        anyio.run(serve, config, **_backend())
+        anyio.run(serve, config, backend="asyncio", backend_options=_backend())
     except StartupError as exc:
         print(f"amqpd: {exc}", file=sys.stderr)
         return 1
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _backend() -> dict[str, object]:
+def _backend() -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
     except ImportError:
-        return {"backend": "asyncio"}
-    return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+        return {}
+    return {"use_uvloop": True}

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 class DeliverySink(Protocol):
     """What a queue needs from the channel a consumer lives on."""
 
-    blocked: bool
+    @property
+    def blocked(self) -> bool:
+        """True while deliveries to this channel must pause (flow, buffer)."""
 
     def has_capacity(self) -> bool:
         """False while a channel-wide (global) prefetch limit is reached."""
@@ -53,7 +55,9 @@ class Consumer:
         self.unacked = 0
         self.arguments = arguments
         prio = arguments.get("x-priority", 0)
-        self.priority = prio if isinstance(prio, int) and not isinstance(prio, bool) else 0
+        self.priority = (
+            prio if isinstance(prio, int) and not isinstance(prio, bool) else 0
+        )
 
     def can_take(self) -> bool:
         """True when this consumer may receive one more message now."""

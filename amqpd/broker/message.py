@@ -43,7 +43,7 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        return properties.get(self.header, self.spans, "delivery_mode") == 2
+        return bool(properties.get(self.header, self.spans, "delivery_mode") == 2)
 
     def replace(self, changes: dict[str, bytes | None]) -> Message:
         """A copy with some properties replaced, the others kept byte for byte."""

@@ -165,9 +165,7 @@ class VHost:
         try:
             exchanges.get(type_name)
         except KeyError:
-            raise CommandInvalid(
-                f"unknown exchange type '{type_name}'"
-            ) from None
+            raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
         exchange = Exchange(
             self, name, type_name, durable=durable, auto_delete=auto_delete,
             internal=internal, arguments=arguments,
@@ -268,9 +266,7 @@ class VHost:
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
         elif name.startswith("amq."):
-            raise AccessRefused(
-                f"queue name '{name}' contains reserved prefix 'amq.*'"
-            )
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         existing = self.queues.get(name)
         if existing is not None:
             self.get_queue(name, owner)  # exclusivity check
@@ -306,11 +302,11 @@ class VHost:
                     f"'{_show(new)}' but current is '{_show(old)}'"
                 )
         for key in QUEUE_EQUIVALENCE_ARGS:
-            new, old = arguments.get(key), queue.arguments.get(key)
-            if not _same(new, old):
+            got, have = arguments.get(key), queue.arguments.get(key)
+            if not _same(got, have):
                 raise PreconditionFailed(
                     f"inequivalent arg '{key}' for {where}: received "
-                    f"'{_show(new)}' but current is '{_show(old)}'"
+                    f"'{_show(got)}' but current is '{_show(have)}'"
                 )
 
     def delete_queue(
@@ -382,9 +378,7 @@ class VHost:
         if source_name == "" or (
             isinstance(destination, Exchange) and destination.name == ""
         ):
-            raise AccessRefused(
-                "operation not permitted on the default exchange"
-            )
+            raise AccessRefused("operation not permitted on the default exchange")
         return self.get_exchange(source_name)
 
     # routing

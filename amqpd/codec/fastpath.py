@@ -68,10 +68,10 @@ def deliver_frame(
     ``ctag`` is the consumer tag as a short string (length prefixed) and
     ``ex_rk`` the exchange and routing key as two short strings.
     """
-    payload = b"".join(
-        (_DELIVER_ID, ctag, _DELIVER_TAIL.pack(tag, redelivered), ex_rk)
+    payload = b"".join((_DELIVER_ID, ctag, _DELIVER_TAIL.pack(tag, redelivered), ex_rk))
+    return (
+        FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
     )
-    return FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
 def get_ok_frame(
@@ -86,4 +86,6 @@ def get_ok_frame(
             _U32.pack(message_count),
         )
     )
-    return FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    return (
+        FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    )

@@ -47,8 +47,7 @@ def split_frames(buf: bytearray, frame_max: int) -> tuple[list[Frame], int]:
         ftype, channel, size = unpack_from(buf, pos)
         if size + FRAME_OVERHEAD > frame_max:
             raise FrameError(
-                f"frame of {size + FRAME_OVERHEAD} bytes exceeds "
-                f"frame_max {frame_max}"
+                f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
             )
         stop = pos + 7 + size
         if stop >= end:
@@ -68,7 +67,9 @@ def build_frame(ftype: int, channel: int, payload: bytes) -> bytes:
 def build_method(channel: int, method: pamqp_base.Frame) -> bytes:
     """The bytes of a method frame for a pamqp method object."""
     payload = struct.pack(">I", method.index) + method.marshal()
-    return FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    return (
+        FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    )
 
 
 def build_content(

@@ -59,7 +59,7 @@ def split_table(table: bytes) -> list[Entry]:
 
 def join_table(entries: Iterable[Entry]) -> bytes:
     """Encode raw entries back into a table with its length prefix."""
-    parts = []
+    parts: list[bytes] = []
     for key, raw in entries:
         kb = key.encode()
         parts += (bytes((len(kb),)), kb, raw)
@@ -116,7 +116,7 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, float):
         return b"d" + struct.pack(">d", value)
     if isinstance(value, Decimal):
-        sign, digits, exp = value.as_tuple()
+        exp = value.as_tuple().exponent
         scale = -int(exp)
         unscaled = int(value.scaleb(scale))
         return b"D" + struct.pack(">Bi", scale, unscaled)

@@ -92,8 +92,10 @@ class ChannelMachine:
             spec.Basic.Cancel: self._on_cancel,
             spec.Basic.Get: self._on_get,
             spec.Basic.Ack: lambda m: self.ack(m.delivery_tag, m.multiple),
-            spec.Basic.Reject: lambda m: self._on_reject(m.delivery_tag, False, m.requeue),
-            spec.Basic.Nack: lambda m: self._on_reject(m.delivery_tag, m.multiple, m.requeue),
+            spec.Basic.Reject: lambda m: self.reject(m.delivery_tag, False, m.requeue),
+            spec.Basic.Nack: lambda m: self.reject(
+                m.delivery_tag, m.multiple, m.requeue
+            ),
             spec.Basic.Recover: self._on_recover,
             spec.Basic.RecoverAsync: self._on_recover,
             spec.Confirm.Select: self._on_confirm_select,
@@ -130,7 +132,9 @@ class ChannelMachine:
         if self.assembly is not None:
             raise UnexpectedFrame("expected content header, got basic.publish", 60, 40)
         try:
-            exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(payload)
+            exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(
+                payload
+            )
         except (IndexError, UnicodeDecodeError) as exc:
             raise SyntaxError_(f"malformed basic.publish: {exc}", 60, 40) from None
         if immediate:
@@ -176,10 +180,9 @@ class ChannelMachine:
                 f"cannot publish to internal exchange '{exchange.name}' in "
                 f"vhost '{self.vhost.name}'", 60, 40,
             )  # fmt: skip
+        extra_keys: list[str] = []
         if "headers" in spans:
             message, extra_keys = self._apply_cc(message)
-        else:
-            extra_keys = ()
         if self.tx is not None:
             self.tx.append(
                 lambda: self._route(exchange, message, extra_keys, assembly.mandatory)
@@ -240,7 +243,9 @@ class ChannelMachine:
         )  # fmt: skip
         self.conn.write(build_method(self.number, method))
         self.conn.write_many(
-            build_content(self.number, message.header, message.body, self.conn.frame_max)
+            build_content(
+                self.number, message.header, message.body, self.conn.frame_max
+            )
         )
 
     def flush_confirms(self) -> None:
@@ -259,7 +264,9 @@ class ChannelMachine:
             self._send_confirm(spec.Basic.Ack, start, upto)
         self.confirmed_upto = upto
 
-    def _send_confirm(self, kind: type[Method], after: int, upto: int) -> None:
+    def _send_confirm(
+        self, kind: type[spec.Basic.Ack | spec.Basic.Nack], after: int, upto: int
+    ) -> None:
         self.send(kind(delivery_tag=upto, multiple=upto - after > 1))
 
     # deliveries (DeliverySink)
@@ -340,7 +347,7 @@ class ChannelMachine:
             if queue.consumers and not queue.deleted:
                 queue.dispatch()
 
-    def _on_reject(self, tag: int, multiple: bool, requeue: bool) -> None:
+    def reject(self, tag: int, multiple: bool, requeue: bool) -> None:
         taken = self._take(tag, multiple)
         items = [item for _, item in taken]
         if self.tx is not None:
@@ -390,7 +397,7 @@ class ChannelMachine:
         raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
 
     def _on_flow(self, method: spec.Channel.Flow) -> None:
-        self.flow_active = method.active
+        self.flow_active = bool(method.active)
         self.send(spec.Channel.FlowOk(active=method.active))
         if method.active:
             self._redispatch({})
@@ -528,7 +535,7 @@ class ChannelMachine:
         queue.add_consumer(consumer)
 
     def _on_cancel(self, m: spec.Basic.Cancel) -> None:
-        consumer = self.consumers.pop(m.consumer_tag, None)
+        consumer = self.consumers.pop(m.consumer_tag or "", None)
         if consumer is not None:
             consumer.queue.remove_consumer(consumer)
         if not m.nowait:
@@ -557,18 +564,14 @@ class ChannelMachine:
 
     def _on_confirm_select(self, m: spec.Confirm.Select) -> None:
         if self.tx is not None:
-            raise PreconditionFailed(
-                "cannot switch from tx to confirm mode", 85, 10
-            )
+            raise PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
         self.confirming = True
         if not m.nowait:
             self.send(spec.Confirm.SelectOk())
 
     def _on_tx_select(self, m: spec.Tx.Select) -> None:
         if self.confirming:
-            raise PreconditionFailed(
-                "cannot switch from confirm to tx mode", 90, 10
-            )
+            raise PreconditionFailed("cannot switch from confirm to tx mode", 90, 10)
         if self.tx is None:
             self.tx = []
         self.send(spec.Tx.SelectOk())

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
 from pamqp import exceptions as pamqp_exceptions
-from pamqp import frame as pamqp_frame
 from pamqp.base import Frame as Method
 
 from amqpd import __version__
@@ -221,7 +220,9 @@ class ConnectionMachine:
             method_class = spec.INDEX_MAPPING.get(mid)
             if method_class is None:
                 raise NotImplemented_(
-                    f"unknown method {mid >> 16}.{mid & 0xFFFF}", mid >> 16, mid & 0xFFFF
+                    f"unknown method {mid >> 16}.{mid & 0xFFFF}",
+                    mid >> 16,
+                    mid & 0xFFFF,
                 )
             method: Method = method_class()
             method.unmarshal(payload[4:])
@@ -268,8 +269,7 @@ class ConnectionMachine:
             return  # a late close-ok for a channel we already forgot
         else:
             raise ChannelErrorHard(
-                f"expected 'channel.open' on channel {number}, got "
-                f"'{method.name}'",
+                f"expected 'channel.open' on channel {number}, got '{method.name}'",
                 method.frame_id,
                 method.index & 0xFFFF,
             )
@@ -359,11 +359,15 @@ class ConnectionMachine:
                 f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
             )
         response = m.response
-        raw = response.encode("latin-1") if isinstance(response, str) else bytes(response)
+        raw = (
+            response.encode("latin-1") if isinstance(response, str) else bytes(response)
+        )
         try:
             username, password = sasl.parse_response(m.mechanism, raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ConnectionAccessRefused(f"bad {m.mechanism} response: {exc}", 10, 11) from None
+            raise ConnectionAccessRefused(
+                f"bad {m.mechanism} response: {exc}", 10, 11
+            ) from None
         self._mechanism = m.mechanism
         user = self.node.users.get(username)
         if user is None or not user.check(password):
@@ -421,7 +425,10 @@ class ConnectionMachine:
         self.state = OPENED
         self.write(build_method(0, spec.Connection.OpenOk()))
         access_log.info(
-            "connection %s opened: user '%s' vhost '%s'", self.name, self.user, vhost.name
+            "connection %s opened: user '%s' vhost '%s'",
+            self.name,
+            self.user,
+            vhost.name,
         )
 
     # closing

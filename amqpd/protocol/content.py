@@ -9,8 +9,16 @@ from amqpd.errors import FrameError, PreconditionFailed, UnexpectedFrame
 class Assembly:
     """One message being assembled from header and body frames."""
 
-    __slots__ = ("body_size", "chunks", "exchange", "ex_rk", "header",
-                 "mandatory", "received", "routing_key")  # fmt: skip
+    __slots__ = (
+        "body_size",
+        "chunks",
+        "ex_rk",
+        "exchange",
+        "header",
+        "mandatory",
+        "received",
+        "routing_key",
+    )  # fmt: skip
 
     def __init__(
         self, exchange: str, routing_key: str, ex_rk: bytes, mandatory: bool

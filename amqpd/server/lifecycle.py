@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from amqpd.broker.node import Node
-from amqpd.config import Config, default_data_dir
+from amqpd.config import Config
 from amqpd.server.driver import ConnectionDriver
 
 log = logging.getLogger("amqpd.server")
@@ -147,7 +147,7 @@ class Broker:
 
     async def _listen(self) -> None:
         port = self.config.port
-        hosts = self.config.bind or [None]
+        hosts: list[str | None] = list(self.config.bind) or [None]
         for host in hosts:
             try:
                 listener = await anyio.create_tcp_listener(
@@ -193,9 +193,13 @@ class Broker:
         drivers = list(self.node.connections)
         for driver in drivers:
             if isinstance(driver, ConnectionDriver):
-                driver.force_close("broker forced connection closure with reason 'shutdown'")
+                driver.force_close(
+                    "broker forced connection closure with reason 'shutdown'"
+                )
+        # connections leave from their own tasks once the client answers
+        # close-ok; a short poll during shutdown is simpler than an event
         with anyio.move_on_after(DRAIN_TIMEOUT):
-            while self.node.connections:
+            while self.node.connections:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
