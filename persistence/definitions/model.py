@@ -140,7 +140,9 @@ class Binding:
     destination_type: DestinationType = "queue"
     routing_key: str = ""
     arguments: Mapping[str, FieldValue] = EMPTY_TABLE
-    arguments_key: str = field(default="", init=False, repr=False, compare=False)
+    # The arguments' typed digest: unlike the Python values, it tells
+    # {"a": 1} from {"a": True}, so equal bindings are the same binding.
+    arguments_key: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.destination_type not in ("queue", "exchange"):
