@@ -63,9 +63,12 @@ def longstr(value: bytes) -> bytes:
 
 
 def table(values: dict[str, object] | None = None) -> bytes:
-    """Encode a field table holding strings, booleans, ints and tables."""
+    """Encode a field table holding strings, booleans, ints and tables.
+
+    Keys go out sorted, as pamqp writes them, so the bytes are comparable.
+    """
     out = bytearray()
-    for key, value in (values or {}).items():
+    for key, value in sorted((values or {}).items()):
         out += shortstr(key)
         out += _table_value(value)
     return struct.pack(">I", len(out)) + bytes(out)
