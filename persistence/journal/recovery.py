@@ -1,0 +1,206 @@
+"""Recovery: read every segment in order, rebuild the live state, report damage.
+
+Reading comes first and changes nothing; only when every segment has been
+read and every record decoded (so a missing key has already raised
+JournalKeyError) does ``recover`` repair what it found:
+
+- a torn tail (bytes at the end of the newest segment that are not a whole
+  record) is cut off, with a warning naming the file and offset;
+- corrupt bytes anywhere else are skipped: the reader steps over a record
+  whose header and trailing length agree but whose checksum fails, and
+  otherwise scans forward to the next intact record. Each skipped place is
+  counted and logged with file and offset, and everything after it is
+  recovered;
+- temp files of an interrupted compaction are removed.
+
+``check`` does the same reading and returns the same report, repairing
+nothing.
+
+A known weakness: the byte scan can take bytes inside a message body for a
+record if they happen to form one with a valid checksum (a body that holds a
+journal record, unencrypted and uncompressed). It only matters when the
+header of the record around them is damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .codec import RecordCodec
+from .filelayer import FileLayer
+from .format import (
+    OVERHEAD,
+    SEGMENT_HEADER_SIZE,
+    Frame,
+    find_frame,
+    plausible_length,
+    read_frame,
+    read_segment_header,
+)
+from .keyring import Keyring
+from .ledger import Ledger
+from .segment import SegmentTable, Slot, list_leftovers, list_segments
+from .state import Damage, DamageKind, RecoveredState, Report
+
+log = logging.getLogger("amqpd.journal")
+
+
+@dataclass(slots=True)
+class SegmentScan:
+    """The intact records and the damage found in one segment file."""
+
+    segment_id: int
+    path: Path
+    size: int
+    frames: list[Frame] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)
+    cut_at: int | None = None
+
+
+def scan_segment(path: Path, segment_id: int, data: bytes, last: bool) -> SegmentScan:
+    """Find the intact records and the damage in one segment's bytes.
+
+    In the newest segment (``last``) unreadable bytes that run to the end are
+    a torn tail, to be cut at ``cut_at``; anywhere else they are corrupt.
+    """
+    scan = SegmentScan(segment_id, path, len(data))
+    end_kind = DamageKind.TORN_TAIL if last else DamageKind.CORRUPT
+    if len(data) < SEGMENT_HEADER_SIZE:
+        scan.damage.append(Damage(path, 0, len(data), end_kind))
+        scan.cut_at = 0 if last else None
+        return scan
+    if read_segment_header(data) != segment_id:
+        bad = Damage(path, 0, SEGMENT_HEADER_SIZE, DamageKind.BAD_SEGMENT_HEADER)
+        scan.damage.append(bad)
+    offset = SEGMENT_HEADER_SIZE
+    while offset < len(data):
+        frame = read_frame(data, offset)
+        if frame is not None:
+            scan.frames.append(frame)
+            offset += frame.size
+            continue
+        following = _resync(data, offset)
+        if following is None:
+            scan.damage.append(Damage(path, offset, len(data) - offset, end_kind))
+            scan.cut_at = offset if last else None
+            break
+        length = following.offset - offset
+        scan.damage.append(Damage(path, offset, length, DamageKind.CORRUPT))
+        offset = following.offset
+    return scan
+
+
+def _resync(data: bytes, offset: int) -> Frame | None:
+    length = plausible_length(data, offset)
+    if length is not None:
+        after = offset + OVERHEAD + length
+        if after == len(data):
+            return None
+        frame = read_frame(data, after)
+        if frame is not None:
+            return frame
+    return find_frame(data, offset + 1)
+
+
+@dataclass(slots=True)
+class Replay:
+    """Everything recovery rebuilt, for the journal to continue from."""
+
+    table: SegmentTable
+    ledger: Ledger
+    scans: list[SegmentScan]
+    leftovers: list[Path]
+    report: Report
+    next_segment_id: int
+
+    def state(self) -> RecoveredState:
+        """The public result: live messages per queue and the report."""
+        next_id = self.ledger.max_message_id + 1
+        return RecoveredState(self.ledger.snapshot(), next_id, self.report)
+
+
+def replay(
+    directory: Path, codec: RecordCodec, layer: FileLayer, compact_ratio: float = 0.5
+) -> Replay:
+    """Read and apply every segment in ``directory``; change nothing on disk."""
+    table = SegmentTable(directory, compact_ratio)
+    ledger = Ledger(table)
+    found = list_segments(directory)
+    scans, records = [], 0
+    for index, (segment_id, path) in enumerate(found):
+        data = layer.read(path)
+        scan = scan_segment(path, segment_id, data, index == len(found) - 1)
+        scans.append(scan)
+        if scan.cut_at == 0:
+            continue
+        segment = table.add(segment_id)
+        segment.total_bytes = scan.size if scan.cut_at is None else scan.cut_at
+        for frame in scan.frames:
+            record = codec.decode(frame, f"{path} offset {frame.offset}")
+            ledger.apply(record, Slot(segment, frame.offset, frame.size), strict=False)
+        records += len(scan.frames)
+    ledger.drop_unreferenced()
+    for segment in list(table.segments.values()):
+        table.seal(segment)
+    damage = tuple(item for scan in scans for item in scan.damage)
+    leftovers = list_leftovers(directory)
+    report = Report(
+        directory,
+        segments=len(found),
+        records=records,
+        ignored=ledger.ignored,
+        damage=damage,
+        leftovers=tuple(leftovers),
+        messages=len(ledger.messages),
+        queues=len(ledger.queues),
+    )
+    next_segment_id = found[-1][0] + 1 if found else 1
+    return Replay(table, ledger, scans, leftovers, report, next_segment_id)
+
+
+def repair(result: Replay, layer: FileLayer) -> None:
+    """Cut torn tails, remove compaction leftovers; log every damage found."""
+    changed = False
+    for scan in result.scans:
+        for item in scan.damage:
+            action = "cut off" if item.kind is DamageKind.TORN_TAIL else "skipped"
+            log.warning(
+                "journal %s: %s at offset %d, %d bytes %s",
+                item.path,
+                item.kind.value,
+                item.offset,
+                item.length,
+                action,
+            )
+        if scan.cut_at == 0:
+            layer.remove(scan.path)
+            changed = True
+        elif scan.cut_at is not None:
+            layer.truncate(scan.path, scan.cut_at)
+    for path in result.leftovers:
+        log.info("journal %s: removing leftover of an interrupted compaction", path)
+        layer.remove(path)
+        changed = True
+    if changed:
+        layer.fsync_directory(result.table.directory)
+
+
+def check(
+    directory: str | Path,
+    keyring: Keyring | None = None,
+    *,
+    file_layer: FileLayer | None = None,
+) -> Report:
+    """Read a journal directory and report what recovery would find.
+
+    Changes nothing. Raises JournalKeyError if an encrypted record needs a
+    key ``keyring`` does not have, FormatError for a record that passes its
+    checksum but cannot be decoded, FileNotFoundError for a missing directory.
+    """
+    path = Path(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no journal directory at {path}")
+    codec = RecordCodec(keyring=keyring)
+    return replay(path, codec, file_layer or FileLayer()).report
