@@ -10,6 +10,7 @@ configuration, "memory://" for a store that keeps nothing. export_json and
 import_json speak RabbitMQ's definitions file format.
 """
 
+from .memory import MemoryDefinitionsStore
 from .model import (
     Binding,
     Definitions,
@@ -22,6 +23,13 @@ from .model import (
     TopicPermission,
     User,
     VHost,
+)
+from .rabbitmq_json import (
+    ImportSummary,
+    InvalidDefinitions,
+    export_json,
+    import_json,
+    parse_json,
 )
 from .store import (
     DEFINITIONS_FILE_NAME,
@@ -49,6 +57,9 @@ __all__ = [
     "FieldValue",
     "FrozenTable",
     "GlobalParameter",
+    "ImportSummary",
+    "InvalidDefinitions",
+    "MemoryDefinitionsStore",
     "NotFound",
     "Parameter",
     "Permission",
@@ -59,6 +70,9 @@ __all__ = [
     "TopicPermission",
     "User",
     "VHost",
+    "export_json",
+    "import_json",
+    "parse_json",
     "sqlite_url",
     "thaw",
     "thaw_table",

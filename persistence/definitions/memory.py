@@ -66,8 +66,7 @@ class MemoryDefinitionsStore(DefinitionsStore):
 
     async def load(self) -> Definitions:
         tables = self._open_tables()
-        snapshot = {kind: tuple(tables[kind].values()) for kind in KINDS}
-        return Definitions(**snapshot)  # type: ignore[arg-type]
+        return Definitions.of(r for kind in KINDS for r in tables[kind].values())
 
     async def merge(self, definitions: Definitions) -> None:
         tables = self._open_tables()

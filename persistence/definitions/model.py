@@ -230,6 +230,17 @@ class Definitions:
             records = getattr(self, name)
             _set(self, name, tuple(sorted(records, key=_record_key)))
 
+    @classmethod
+    def of(cls, records: Iterable[Record]) -> Definitions:
+        """The snapshot holding `records`, of any kinds, in any order."""
+        grouped: dict[str, list[Record]] = {kind: [] for kind in KINDS}
+        for record in records:
+            grouped[KIND_OF[type(record)]].append(record)
+        snapshot = cls()
+        for kind, members in grouped.items():
+            _set(snapshot, kind, tuple(sorted(members, key=_record_key)))
+        return snapshot
+
 
 Record = (
     VHost

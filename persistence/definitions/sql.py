@@ -259,12 +259,12 @@ class SQLDefinitionsStore(DefinitionsStore):
             return await connection.run_sync(schema.current_version)
 
     async def load(self) -> Definitions:
-        found: dict[str, tuple[Record, ...]] = {}
+        found: list[Record] = []
         async with self._transaction() as connection:
-            for name, kind in _KINDS.items():
+            for kind in _KINDS.values():
                 rows = await connection.execute(sa.select(kind.table))
-                found[name] = tuple(kind.from_row(row) for row in rows)
-        return Definitions(**found)  # type: ignore[arg-type]
+                found.extend(kind.from_row(row) for row in rows)
+        return Definitions.of(found)
 
     async def merge(self, definitions: Definitions) -> None:
         async with self._transaction() as connection:

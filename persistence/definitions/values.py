@@ -208,7 +208,10 @@ def _from_tag(tag: str, payload: object) -> FieldValue:
     if tag == "$bytearray":
         return ByteArray(base64.b64decode(payload, validate=True))
     if tag == "$decimal":
-        return Decimal(payload)
+        try:
+            return Decimal(payload)
+        except ArithmeticError:
+            raise ValueError(f"bad $decimal {payload!r}") from None
     if tag == "$datetime":
         return datetime.fromisoformat(payload)
     if tag == "$float" and payload in ("nan", "inf", "-inf"):

@@ -361,7 +361,7 @@ async def test_arguments_of_every_amqp_type_come_back_with_their_types(
     assert isinstance(nan, float) and math.isnan(nan)
 
 
-async def _round_trip_argument(store: DefinitionsStore, value: object) -> object:
+async def _round_trip_argument(store: DefinitionsStore, value: float) -> object:
     await store.put_queue(Queue("/", "one", arguments={"v": value}))
     queues = {q.name: q for q in (await store.load()).queues}
     return queues["one"].arguments["v"]
@@ -371,7 +371,13 @@ async def test_bindings_that_differ_only_in_arguments_are_distinct(
     store: DefinitionsStore,
 ) -> None:
     await store.put_vhost(VHost("/"))
-    variants = [{}, {"a": 1}, {"a": True}, {"a": 1.0}, {"a": Decimal(1)}]
+    variants: list[dict[str, Any]] = [
+        {},
+        {"a": 1},
+        {"a": True},
+        {"a": 1.0},
+        {"a": Decimal(1)},
+    ]
     bindings = [Binding("/", "x", "q", arguments=args) for args in variants]
     for binding in bindings:
         await store.put_binding(binding)
@@ -405,7 +411,7 @@ async def test_records_need_their_vhost_and_user(store: DefinitionsStore) -> Non
         with pytest.raises(NotFound):
             await put_one(store, orphan)
         with pytest.raises(NotFound):
-            await store.merge(Definitions(**{KIND_OF[type(orphan)]: (orphan,)}))
+            await store.merge(Definitions.of([orphan]))
 
     assert await store.load() == Definitions(vhosts=(VHost("/"),), users=(User("u"),))
 
