@@ -1,0 +1,215 @@
+"""The broker inside another program: ``async with Broker``, BrokerThread and
+the pytest fixtures that test suites use."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import aio_pika
+import anyio
+import pika
+import pytest
+from aiormq.exceptions import ConnectionClosed
+from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker
+
+import amqpd
+from amqpd.config import Config
+from amqpd.server.lifecycle import LOCK_NAME, StartupError
+from amqpd.testing import BrokerThread
+
+
+async def test_async_with_broker_serves_clients_at_its_url() -> None:
+    async with amqpd.Broker(port=0) as broker:
+        assert broker.port > 0
+        assert broker.url == f"amqp://guest:guest@127.0.0.1:{broker.port}/"
+        assert broker.addresses == [f"127.0.0.1:{broker.port}"]
+
+        conn = await aio_pika.connect(broker.url)
+        async with conn:
+            ch = await conn.channel()
+            queue = await ch.declare_queue("", exclusive=True)
+            await ch.default_exchange.publish(aio_pika.Message(b"inside"), queue.name)
+            message = await queue.get(timeout=5)
+            assert message is not None
+            assert message.body == b"inside"
+            await message.ack()
+
+
+async def test_broker_without_data_dir_removes_its_temp_dir_at_exit() -> None:
+    async with amqpd.Broker(port=0) as broker:
+        data_dir = broker.data_dir
+        assert data_dir.name.startswith("amqpd-")
+        assert (data_dir / LOCK_NAME).exists()
+
+    assert not data_dir.exists()
+
+
+async def test_broker_with_data_dir_keeps_it_at_exit(tmp_path: Path) -> None:
+    data_dir = tmp_path / "broker"
+    async with amqpd.Broker(port=0, data_dir=data_dir) as broker:
+        assert broker.data_dir == data_dir
+
+    assert (data_dir / LOCK_NAME).exists()
+
+
+async def test_broker_exit_closes_clients_with_connection_forced() -> None:
+    reasons: list[BaseException | None] = []
+    closed = anyio.Event()
+
+    def on_close(_conn: object, exc: BaseException | None) -> None:
+        reasons.append(exc)
+        closed.set()
+
+    async with amqpd.Broker(port=0) as broker:
+        conn = await aio_pika.connect(broker.url)
+        conn.close_callbacks.add(on_close)
+        await conn.channel()
+
+    try:
+        with anyio.fail_after(5):
+            await closed.wait()
+    finally:
+        await conn.close()
+    reason = reasons[0]
+    assert isinstance(reason, ConnectionClosed)
+    assert reason.errno == 320
+    assert reason.strerror.startswith("CONNECTION_FORCED - ")
+
+
+async def test_broker_exit_frees_the_port() -> None:
+    async with amqpd.Broker(port=0) as broker:
+        port = broker.port
+
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_second_broker_on_the_same_data_dir_fails_to_start(
+    tmp_path: Path,
+) -> None:
+    async with amqpd.Broker(port=0, data_dir=tmp_path):
+        with pytest.raises(StartupError) as caught:
+            async with amqpd.Broker(port=0, data_dir=tmp_path):
+                pass
+
+    assert str(caught.value) == (
+        f"data directory {tmp_path} is in use by another amqpd (lock held)"
+    )
+
+
+async def test_broker_on_a_taken_port_fails_and_releases_its_lock(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError) as caught:
+            async with amqpd.Broker(port=port, data_dir=tmp_path):
+                pass
+
+    assert str(caught.value) == (
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    async with amqpd.Broker(port=0, data_dir=tmp_path):
+        pass  # the failed start left no lock behind
+
+
+def test_broker_options_override_the_config() -> None:
+    base = Config(bind=["127.0.0.1"], heartbeat=10)
+    broker = amqpd.Broker(base, port=0, host=["127.0.0.1", "::1"], channel_max=7)
+
+    assert broker.config.bind == ["127.0.0.1", "::1"]
+    assert broker.config.port == 0
+    assert broker.config.heartbeat == 10
+    assert broker.config.channel_max == 7
+    assert base.port == 5672  # the caller's Config is left alone
+
+
+def test_broker_thread_serves_a_blocking_client_and_stops() -> None:
+    with BrokerThread(heartbeat=20) as thread:
+        conn = pika.BlockingConnection(pika.URLParameters(thread.url))
+        try:
+            assert conn._impl.params.heartbeat == 20
+            ch = conn.channel()
+            ch.queue_declare("work")
+            ch.basic_publish("", "work", b"one")
+            ready = thread.call(lambda: thread.broker.node.vhosts["/"].queues["work"])
+            assert ready.message_count == 1
+        finally:
+            conn.close()
+        port = thread.port
+
+    with pytest.raises(AMQPConnectionError):
+        pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", port, connection_attempts=1)
+        )
+
+
+def test_function_fixture_gives_a_fresh_broker(amqpd_broker: BrokerThread) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(amqpd_broker.url))
+    try:
+        ch = conn.channel()
+        ok = ch.queue_declare("fixture-fresh", durable=True)
+        assert ok.method.message_count == 0
+        ch.basic_publish("", "fixture-fresh", b"x")
+    finally:
+        conn.close()
+
+    names = amqpd_broker.call(
+        lambda: sorted(amqpd_broker.broker.node.vhosts["/"].queues)
+    )  # type: ignore[union-attr]
+    assert names == ["fixture-fresh"]
+    assert amqpd_broker.url == f"amqp://guest:guest@127.0.0.1:{amqpd_broker.port}/"
+    assert (amqpd_broker.data_dir / LOCK_NAME).exists()
+
+
+def test_function_fixture_is_not_shared_between_tests(
+    amqpd_broker: BrokerThread,
+) -> None:
+    # the previous test declared a durable queue; this broker never saw it
+    conn = pika.BlockingConnection(pika.URLParameters(amqpd_broker.url))
+    try:
+        ch = conn.channel()
+        with pytest.raises(ChannelClosedByBroker) as caught:
+            ch.queue_declare("fixture-fresh", passive=True)
+        assert caught.value.reply_code == 404
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+_session_ports: list[int] = []
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_session_fixture_is_one_broker_for_every_test(
+    amqpd_session_broker: BrokerThread, turn: int
+) -> None:
+    _session_ports.append(amqpd_session_broker.port)
+    assert set(_session_ports) == {amqpd_session_broker.port}
+
+    conn = pika.BlockingConnection(pika.URLParameters(amqpd_session_broker.url))
+    try:
+        ch = conn.channel()
+        name = f"embedding-session-{turn}"
+        ch.queue_declare(name, auto_delete=True)
+        ch.basic_publish("", name, b"s")
+        _m, _p, body = ch.basic_get(name, auto_ack=True)
+        assert body == b"s"
+        ch.queue_delete(name)
+    finally:
+        conn.close()
+
+
+async def test_fixture_serves_async_clients_too(amqpd_broker: BrokerThread) -> None:
+    conn = await aio_pika.connect(amqpd_broker.url)
+    async with conn:
+        ch = await conn.channel()
+        queue = await ch.declare_queue("", exclusive=True)
+        await ch.default_exchange.publish(aio_pika.Message(b"async"), queue.name)
+        message = await queue.get(timeout=5)
+        assert message is not None
+        assert message.body == b"async"
+        await message.ack()
