@@ -131,8 +131,13 @@ def test_tracker_times_each_confirm_from_its_send() -> None:
 
 def test_tracker_counts_returns_and_passes_other_methods_on() -> None:
     seen: list[int] = []
+
+    def other(_channel: int, key: int, _payload: bytes) -> bool:
+        seen.append(key)
+        return True
+
     tracker = ConfirmTracker(timed=False)
-    tracker.on_other = lambda _ch, key, _payload: seen.append(key) is None
+    tracker.on_other = other
     returned = commands.Basic.Return(
         reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key="q"
     )
