@@ -83,8 +83,10 @@ def parse_config(argv: list[str]) -> Config:
 async def serve(config: Config) -> None:
     from amqpd.server.lifecycle import Broker
 
-    async with Broker(config):
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # catch the signals before the ready line is logged: a SIGTERM sent as
+    # soon as it appears must stop the broker cleanly, not kill it
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Broker(config):
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 return

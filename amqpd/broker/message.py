@@ -15,7 +15,7 @@ class Message:
     two short strings basic.deliver carries.
     """
 
-    __slots__ = ("body", "ex_rk", "exchange", "header", "routing_key", "spans")
+    __slots__ = ("body", "ex_rk", "exchange", "header", "routing_key", "spans", "ttl")
 
     def __init__(
         self,
@@ -32,6 +32,8 @@ class Message:
         self.header = header
         self.body = body
         self.spans = spans
+        # per-message TTL in ms from the expiration property, set at publish
+        self.ttl: int | None = None
 
     def prop(self, name: str) -> Any:
         """One decoded property (None when absent)."""
@@ -40,6 +42,11 @@ class Message:
     @property
     def headers(self) -> dict[str, Any] | None:
         return properties.get(self.header, self.spans, "headers")  # type: ignore[no-any-return]
+
+    @property
+    def priority(self) -> int:
+        value = properties.get(self.header, self.spans, "priority")
+        return value if isinstance(value, int) else 0
 
     @property
     def persistent(self) -> bool:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from amqpd.auth.users import User, hash_password
+from amqpd.broker.clock import AsyncioScheduler
+from amqpd.broker.policy import Policy, validate_policy
+from amqpd.broker.queue import Scheduler
 from amqpd.broker.vhost import VHost
 from amqpd.config import Config
 
@@ -15,12 +19,15 @@ log = logging.getLogger("amqpd.node")
 class Node:
     """The in-memory model of one broker: vhosts, users, configuration."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, scheduler: Scheduler | None = None) -> None:
         self.config = config
+        self.scheduler: Scheduler = scheduler or AsyncioScheduler()
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
         self.connections: set[object] = set()
         self.cluster_name = "amqpd@" + socket.gethostname()
+        # direct reply-to: token -> the channel that consumes its replies
+        self.reply_channels: dict[str, Any] = {}
 
     def ensure_defaults(self) -> None:
         """The default vhost and user, created only when there are none."""
@@ -32,7 +39,7 @@ class Node:
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VHost(name)
+            vhost = self.vhosts[name] = VHost(name, self.scheduler)
         return vhost
 
     def add_user(self, name: str, password: str, tags: list[str] | None = None) -> User:
@@ -44,3 +51,57 @@ class Node:
         )
         self.users[name] = user
         return user
+
+    # definitions interface: what the config file, the management API and
+    # definitions import use to change policies
+
+    def set_policy(
+        self,
+        vhost: str,
+        name: str,
+        pattern: str,
+        definition: dict[str, Any],
+        *,
+        priority: int = 0,
+        apply_to: str = "all",
+    ) -> Policy:
+        """Create or replace a policy; ValueError if RabbitMQ would refuse it.
+        It applies at once to existing queues and exchanges."""
+        target = self.vhosts.get(vhost)
+        if target is None:
+            raise ValueError(f"vhost '{vhost}' not found")
+        validate_policy(pattern, definition, priority, apply_to)
+        policy = Policy(vhost, name, pattern, dict(definition), priority, apply_to)
+        target.set_policy(policy)
+        return policy
+
+    def clear_policy(self, vhost: str, name: str) -> bool:
+        target = self.vhosts.get(vhost)
+        return target is not None and target.clear_policy(name)
+
+    def list_policies(self, vhost: str | None = None) -> list[Policy]:
+        return [
+            policy
+            for v in self.vhosts.values()
+            if vhost is None or v.name == vhost
+            for policy in v.policies.values()
+        ]
+
+    def load_config_policies(self) -> None:
+        """Policies from the configuration file's [[policies]] tables."""
+        for item in self.config.policies:
+            known = {"vhost", "name", "pattern", "definition", "priority", "apply-to"}
+            unknown = set(item) - known
+            if unknown:
+                raise ValueError(
+                    f"unknown policy field(s): {', '.join(sorted(unknown))}"
+                )
+            try:
+                name, pattern = item["name"], item["pattern"]
+                definition = item["definition"]
+            except KeyError as exc:
+                raise ValueError(f"policy needs '{exc.args[0]}'") from None
+            self.set_policy(
+                item.get("vhost", "/"), name, pattern, definition,
+                priority=item.get("priority", 0), apply_to=item.get("apply-to", "all"),
+            )  # fmt: skip

@@ -1,33 +1,61 @@
 """A queue: its ready messages, its consumers and its unacked count.
 
 Dispatch runs inline when a message arrives or a consumer gains capacity:
-there is no task or timer per message.
+there is no task or timer per message. Message expiry uses one timer per
+queue, set for the earliest deadline among ready messages; queues without a
+TTL never touch the clock.
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
+import itertools
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from amqpd.broker import deadletter
 from amqpd.broker.consumer import Consumer
 from amqpd.broker.message import Message
+from amqpd.broker.policy import QueueSettings, resolve
+from amqpd.broker.ready import FifoReady, PriorityReady
+from amqpd.codec import properties, table
 
 if TYPE_CHECKING:
     from amqpd.broker.vhost import VHost
+
+READY, UNACKED, GONE = 0, 1, 2
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """Timers and the clock, supplied by the server (or a test)."""
+
+    def clock(self) -> float:
+        """Monotonic seconds."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` after ``delay`` seconds."""
 
 
 class Entry:
     """A message's place in one queue."""
 
-    __slots__ = ("deliveries", "message", "redelivered", "seq")
+    __slots__ = ("expires_at", "message", "priority", "redelivered", "returns",
+                 "seq", "size", "state")  # fmt: skip
 
     def __init__(self, seq: int, message: Message) -> None:
         self.seq = seq
         self.message = message
         self.redelivered = False
-        self.deliveries = 0
+        self.returns = 0  # times it came back to the queue unacked
+        self.expires_at = 0.0
+        self.priority = 0
+        self.state = READY
+        self.size = len(message.body)
 
 
 class Queue:
@@ -49,12 +77,51 @@ class Queue:
         self.owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = arguments
-        self.ready: deque[Entry] = deque()
-        self.consumers: deque[Consumer] = deque()
+        max_priority = arguments.get("x-max-priority")
+        self.max_priority = max_priority if isinstance(max_priority, int) else 0
+        self.ready: FifoReady | PriorityReady = (
+            PriorityReady(self.max_priority) if self.max_priority else FifoReady()
+        )
+        queue_type = arguments.get("x-queue-type", "classic")
+        self.queue_type = (
+            queue_type.decode() if isinstance(queue_type, bytes) else queue_type
+        )
+        self.single_active = arguments.get("x-single-active-consumer") is True
+        self.consumers: list[Consumer] = []  # registration order
+        self._groups: list[deque[Consumer]] = []  # by priority, highest first
         self.unacked = 0
+        self.ready_bytes = 0
         self.deleted = False
         self._seq = 0
         self._had_consumer = False
+        self._heap: list[tuple[float, int, Entry]] = []
+        self._heap_ids = itertools.count()
+        self._expiry_timer: TimerHandle | None = None
+        self._expiry_at = 0.0
+        self._idle_timer: TimerHandle | None = None
+        self.last_used = 0.0
+        self.settings = QueueSettings()
+        self.count_deliveries = False
+        self.apply_settings(resolve(arguments, None))
+
+    # settings
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.vhost.scheduler
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """New effective settings (declare, or a policy change)."""
+        old_expires = self.settings.expires
+        self.settings = settings
+        self.count_deliveries = (
+            settings.delivery_limit is not None or self.queue_type == "quorum"
+        )
+        if settings.limited:
+            self._enforce_limits()
+        if settings.expires != old_expires or self._idle_timer is None:
+            self.touch()
+            self._arm_idle_timer()
 
     @property
     def exclusive(self) -> bool:
@@ -70,73 +137,270 @@ class Queue:
 
     # messages in
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Message) -> bool:
+        """Enqueue a routed message; False if the queue refused it
+        (x-overflow reject-publish)."""
+        settings = self.settings
+        if settings.limited and settings.overflow != "drop-head":
+            if self._would_overflow(len(message.body)):
+                if settings.overflow == "reject-publish-dlx":
+                    self._seq += 1
+                    deadletter.dead_letter(
+                        self, [Entry(self._seq, message)], deadletter.MAXLEN
+                    )
+                return False
         self._seq += 1
-        self.ready.append(Entry(self._seq, message))
+        entry = Entry(self._seq, message)
+        if self.max_priority:
+            prio = message.priority
+            entry.priority = prio if prio <= self.max_priority else self.max_priority
+        ttl = settings.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            ttl = message.ttl
+        if ttl is not None:
+            if ttl == 0:
+                self._publish_now_or_expire(entry)
+                return True
+            entry.expires_at = self.scheduler.clock() + ttl / 1000
+            self._track_expiry(entry)
+        self.ready.append(entry)
+        self.ready_bytes += entry.size
         if self.consumers:
             self.dispatch()
+        if settings.limited:
+            self._enforce_limits()
+        return True
 
-    def requeue(self, entries: Iterable[Entry]) -> None:
-        """Put settled-with-requeue messages back at their original places."""
-        ready = self.ready
-        for entry in sorted(entries, key=lambda e: e.seq, reverse=True):
-            self.unacked -= 1
+    def _publish_now_or_expire(self, entry: Entry) -> None:
+        """x-message-ttl 0 (or expiration 0): deliver now or drop."""
+        consumer = self._next_consumer() if self.consumers and not self.ready else None
+        if consumer is None:
+            entry.state = GONE
+            deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
+        else:
+            self._deliver(consumer, entry)
+
+    def requeue(self, entries: list[Entry]) -> None:
+        """Put messages back at their original places (nack/reject with
+        requeue, a closed channel, recover)."""
+        self.unacked -= len(entries)
+        limit = self.settings.delivery_limit
+        over: list[Entry] = []
+        now = self.scheduler.clock() if self._heap else 0.0
+        for entry in entries:
+            entry.returns += 1
+            if limit is not None and entry.returns > limit:
+                entry.state = GONE
+                over.append(entry)
+                continue
             entry.redelivered = True
-            if not ready or entry.seq < ready[0].seq:
-                ready.appendleft(entry)
-            else:
-                ready.insert(bisect.bisect(ready, entry.seq, key=_seq), entry)
+            entry.state = READY
+            self.ready.put_back(entry)
+            self.ready_bytes += entry.size
+            if entry.expires_at:
+                if entry.expires_at <= now:
+                    self._arm_expiry_timer(0)
+                heapq.heappush(
+                    self._heap, (entry.expires_at, next(self._heap_ids), entry)
+                )
+        if over:
+            deadletter.dead_letter(self, over, deadletter.DELIVERY_LIMIT)
+        if self._heap:
+            self._arm_expiry_timer()
         if self.consumers:
             self.dispatch()
+        if self.settings.limited:
+            self._enforce_limits()
+
+    def discard(self, entries: list[Entry]) -> None:
+        """Rejected without requeue: dead-letter them (or drop)."""
+        self.unacked -= len(entries)
+        for entry in entries:
+            entry.state = GONE
+        deadletter.dead_letter(self, entries, deadletter.REJECTED)
 
     # messages out
 
-    def dispatch(self) -> None:
-        """Deliver ready messages round-robin to consumers with capacity."""
-        ready = self.ready
-        consumers = self.consumers
-        while ready and consumers:
-            for _ in range(len(consumers)):
-                consumer = consumers[0]
-                consumers.rotate(-1)
+    def _next_consumer(self) -> Consumer | None:
+        if self.single_active:
+            active = self.consumers[0]
+            return active if active.can_take() else None
+        for group in self._groups:
+            for _ in range(len(group)):
+                consumer = group[0]
+                group.rotate(-1)
                 if consumer.can_take():
-                    break
-            else:
+                    return consumer
+        return None
+
+    def dispatch(self) -> None:
+        """Deliver ready messages to consumers with capacity: the highest
+        consumer priority first, round-robin within a priority."""
+        ready = self.ready
+        expiring = bool(self._heap)
+        now = self.scheduler.clock() if expiring else 0.0
+        while ready and self.consumers:
+            consumer = self._next_consumer()
+            if consumer is None:
                 return
             entry = ready.popleft()
-            entry.deliveries += 1
-            if not consumer.no_ack:
-                self.unacked += 1
-            consumer.channel.deliver(consumer, entry, self)
+            self.ready_bytes -= entry.size
+            if expiring and entry.expires_at and entry.expires_at <= now:
+                entry.state = GONE
+                deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
+                continue
+            self._deliver(consumer, entry)
+
+    def _deliver(self, consumer: Consumer, entry: Entry) -> None:
+        if consumer.no_ack:
+            entry.state = GONE
+        else:
+            entry.state = UNACKED
+            self.unacked += 1
+        if entry.returns and self.count_deliveries:
+            entry.message = with_delivery_count(entry.message, entry.returns)
+        consumer.channel.deliver(consumer, entry, self)
 
     def get(self, no_ack: bool) -> Entry | None:
         """Take the next ready message for basic.get."""
-        if not self.ready:
-            return None
-        entry = self.ready.popleft()
-        entry.deliveries += 1
-        if not no_ack:
-            self.unacked += 1
-        return entry
+        self.touch()
+        ready = self.ready
+        now = self.scheduler.clock() if self._heap else 0.0
+        while ready:
+            entry = ready.popleft()
+            self.ready_bytes -= entry.size
+            if entry.expires_at and entry.expires_at <= now:
+                entry.state = GONE
+                deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
+                continue
+            if no_ack:
+                entry.state = GONE
+            else:
+                entry.state = UNACKED
+                self.unacked += 1
+            if entry.returns and self.count_deliveries:
+                entry.message = with_delivery_count(entry.message, entry.returns)
+            return entry
+        return None
 
     def settle(self, count: int = 1) -> None:
-        """Acked or dropped: no longer unacked."""
+        """Acked: no longer unacked."""
         self.unacked -= count
-
-    def discard(self, entries: list[Entry]) -> None:
-        """Rejected without requeue (or acked by a dropped tx): drop them."""
-        self.unacked -= len(entries)
 
     def purge(self) -> int:
         count = len(self.ready)
+        for entry in self.ready:
+            entry.state = GONE
         self.ready.clear()
+        self.ready_bytes = 0
+        self._heap.clear()
         return count
+
+    # length limits
+
+    def _would_overflow(self, size: int) -> bool:
+        settings = self.settings
+        if settings.max_length is not None and len(self.ready) >= settings.max_length:
+            return True
+        limit = settings.max_length_bytes
+        return limit is not None and self.ready_bytes + size > limit
+
+    def _enforce_limits(self) -> None:
+        settings = self.settings
+        if settings.overflow != "drop-head":
+            return
+        max_len, max_bytes = settings.max_length, settings.max_length_bytes
+        dropped: list[Entry] = []
+        ready = self.ready
+        while ready and (
+            (max_len is not None and len(ready) > max_len)
+            or (max_bytes is not None and self.ready_bytes > max_bytes)
+        ):
+            entry = ready.popleft()
+            self.ready_bytes -= entry.size
+            entry.state = GONE
+            dropped.append(entry)
+        if dropped:
+            deadletter.dead_letter(self, dropped, deadletter.MAXLEN)
+
+    # message expiry
+
+    def _track_expiry(self, entry: Entry) -> None:
+        heapq.heappush(self._heap, (entry.expires_at, next(self._heap_ids), entry))
+        if self._expiry_timer is None or entry.expires_at < self._expiry_at:
+            self._arm_expiry_timer()
+
+    def _arm_expiry_timer(self, delay: float | None = None) -> None:
+        heap = self._heap
+        while heap and heap[0][2].state != READY:
+            heapq.heappop(heap)
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if not heap or self.deleted:
+            return
+        at = heap[0][0]
+        if delay is None:
+            delay = max(0.0, at - self.scheduler.clock())
+        self._expiry_at = at
+        self._expiry_timer = self.scheduler.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """The expiry timer: drop every ready message past its deadline,
+        at the head or behind it."""
+        self._expiry_timer = None
+        if self.deleted:
+            return
+        now = self.scheduler.clock()
+        heap = self._heap
+        doomed: set[int] = set()
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.state == READY:
+                doomed.add(id(entry))
+        if doomed:
+            expired = self.ready.remove_if(lambda e: id(e) in doomed)
+            for entry in expired:
+                entry.state = GONE
+                self.ready_bytes -= entry.size
+            deadletter.dead_letter(self, expired, deadletter.EXPIRED)
+        self._arm_expiry_timer()
+
+    # queue expiry (x-expires)
+
+    def touch(self) -> None:
+        """Used: basic.get, a redeclare, or the last consumer leaving."""
+        if self.settings.expires is not None:
+            self.last_used = self.scheduler.clock()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        expires = self.settings.expires
+        if expires is None or self.deleted:
+            return
+        due = self.last_used + expires / 1000 - self.scheduler.clock()
+        self._idle_timer = self.scheduler.call_later(max(0.0, due), self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        expires = self.settings.expires
+        if self.deleted or expires is None:
+            return
+        if not self.consumers and (
+            self.scheduler.clock() - self.last_used >= expires / 1000 - 0.001
+        ):
+            self.vhost.delete_queue(self.name)
+            return
+        self._arm_idle_timer()
 
     # consumers
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
         self._had_consumer = True
+        self._regroup()
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -144,15 +408,43 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
-        if self.auto_delete and not self.consumers and self._had_consumer:
-            self.vhost.delete_queue(self.name)
+        self._regroup()
+        if not self.consumers:
+            self.touch()
+            if self.auto_delete and self._had_consumer:
+                self.vhost.delete_queue(self.name)
+                return
+        elif self.single_active:
+            self.dispatch()  # the next consumer in line takes over
+
+    def _regroup(self) -> None:
+        by_priority: dict[int, deque[Consumer]] = {}
+        for consumer in self.consumers:
+            by_priority.setdefault(consumer.priority, deque()).append(consumer)
+        self._groups = [by_priority[p] for p in sorted(by_priority, reverse=True)]
 
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self.consumers)
+
+    def close(self) -> None:
+        """The queue is deleted: stop timers, forget messages."""
+        self.deleted = True
+        for timer in (self._expiry_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._idle_timer = None
+        self.purge()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} unacked={self.unacked}>"
 
 
-def _seq(entry: Entry) -> int:
-    return entry.seq
+def with_delivery_count(message: Message, count: int) -> Message:
+    """A copy carrying x-delivery-count (earlier deliveries), other headers
+    kept byte for byte."""
+    raw = properties.raw(message.header, message.spans, "headers")
+    entries = (
+        [e for e in table.split_table(raw) if e[0] != "x-delivery-count"] if raw else []
+    )
+    entries.append(("x-delivery-count", table.long_long(count)))
+    return message.replace({"headers": table.join_table(entries)})

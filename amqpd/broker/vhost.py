@@ -14,7 +14,8 @@ from typing import Any
 
 from amqpd import exchanges
 from amqpd.broker.message import Message
-from amqpd.broker.queue import Queue
+from amqpd.broker.policy import Policy, resolve, validate_queue_arguments
+from amqpd.broker.queue import Queue, Scheduler
 from amqpd.errors import (
     AccessRefused,
     CommandInvalid,
@@ -65,14 +66,22 @@ class Exchange:
         self.table = exchanges.get(type_name)()
         self.needs_headers = self.table.needs_headers
         self.deleted = False
+        self.policy: Policy | None = None
         # exchanges whose bindings name this one as destination, so deleting
         # it can remove them
         self.sources: set[Exchange] = set()
 
     @property
     def alternate(self) -> str | None:
+        """The alternate exchange: the argument, else the policy's."""
         value = self.arguments.get("alternate-exchange")
-        return value if isinstance(value, str) else None
+        if isinstance(value, str):
+            return value
+        if self.policy is not None:
+            value = self.policy.definition.get("alternate-exchange")
+            if isinstance(value, str):
+                return value
+        return None
 
     def __repr__(self) -> str:
         return f"<Exchange {self.name!r} {self.type_name}>"
@@ -106,10 +115,12 @@ def check_name(name: str, what: str) -> None:
 class VHost:
     """Exchanges, queues and bindings of one virtual host."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, scheduler: Scheduler) -> None:
         self.name = name
+        self.scheduler = scheduler
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.policies: dict[str, Policy] = {}
         self._declare_defaults()
 
     def _declare_defaults(self) -> None:
@@ -146,13 +157,13 @@ class VHost:
         arguments: dict[str, Any],
     ) -> Exchange:
         check_name(name, "exchange")
-        if passive:
+        if passive and name:
             return self.get_exchange(name)
         if name == "" or name.startswith("amq."):
             existing = self.exchanges.get(name)
             if existing is None or name == "":
                 raise AccessRefused(
-                    f"exchange name '{name}' contains reserved prefix 'amq.'"
+                    f"exchange name '{name}' contains reserved prefix 'amq.*'"
                     if name
                     else "operation not permitted on the default exchange"
                 )
@@ -170,6 +181,7 @@ class VHost:
             self, name, type_name, durable=durable, auto_delete=auto_delete,
             internal=internal, arguments=arguments,
         )  # fmt: skip
+        exchange.policy = self._policy_for("exchanges", name)
         self.exchanges[name] = exchange
         return exchange
 
@@ -207,9 +219,11 @@ class VHost:
             )
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
-        if name == "" or name.startswith("amq."):
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq."):
             raise AccessRefused(
-                f"operation not permitted on {self.where('exchange', name)}"
+                f"deletion of system {self.where('exchange', name)} not allowed"
             )
         exchange = self.get_exchange(name)
         if if_unused and exchange.table.has_bindings():
@@ -241,13 +255,16 @@ class VHost:
         if queue is None:
             raise NotFound(f"no {self.where('queue', name)}")
         if queue.owner is not None and queue.owner is not owner:
-            raise ResourceLocked(
-                f"cannot obtain exclusive access to locked "
-                f"{self.where('queue', name)}. It could be originally declared "
-                "on another connection or the exclusive property value does "
-                "not match that of the original declaration."
-            )
+            raise self._locked(name)
         return queue
+
+    def _locked(self, name: str) -> ResourceLocked:
+        return ResourceLocked(
+            f"cannot obtain exclusive access to locked "
+            f"{self.where('queue', name)}. It could be originally declared "
+            "on another connection or the exclusive property value does "
+            "not match that of the original declaration."
+        )
 
     def declare_queue(
         self,
@@ -269,17 +286,28 @@ class VHost:
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         existing = self.queues.get(name)
         if existing is not None:
-            self.get_queue(name, owner)  # exclusivity check
+            # strict, as RabbitMQ: the declaration's exclusive flag must
+            # match too, or the answer is 405 rather than 406
+            if existing.owner is not (owner if exclusive else None):
+                raise self._locked(name)
             self._check_queue_equivalent(
                 existing, durable, exclusive, auto_delete, arguments
             )
+            existing.touch()
             return existing
+        validate_queue_arguments(
+            arguments, durable=durable, exclusive=exclusive,
+            auto_delete=auto_delete, where=self.where("queue", name),
+        )  # fmt: skip
         queue = Queue(
             self, name, durable=durable,
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
         self.queues[name] = queue
+        policy = self._policy_for("queues", name)
+        if policy is not None:
+            queue.apply_settings(resolve(arguments, policy))
         return queue
 
     def _check_queue_equivalent(
@@ -327,7 +355,7 @@ class VHost:
         if if_empty and queue.ready:
             raise PreconditionFailed(f"{self.where('queue', name)} not empty")
         count = len(queue.ready)
-        queue.deleted = True
+        queue.close()
         del self.queues[name]
         for exchange in list(self.exchanges.values()):
             if exchange.table.unbind_destination(queue) and exchange.name:
@@ -335,8 +363,38 @@ class VHost:
         for consumer in list(queue.consumers):
             consumer.channel.cancel_by_server(consumer)
         queue.consumers.clear()
-        queue.ready.clear()
         return count
+
+    # policies
+
+    def _policy_for(self, kind: str, name: str) -> Policy | None:
+        best: Policy | None = None
+        for policy in self.policies.values():
+            if policy.matches(kind, name) and (
+                best is None or policy.priority > best.priority
+            ):
+                best = policy
+        return best
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policies[policy.name] = policy
+        self.apply_policies()
+
+    def clear_policy(self, name: str) -> bool:
+        if self.policies.pop(name, None) is None:
+            return False
+        self.apply_policies()
+        return True
+
+    def apply_policies(self) -> None:
+        """Re-resolve every queue's and exchange's policy (after a change)."""
+        for queue in list(self.queues.values()):
+            if not queue.deleted:
+                policy = self._policy_for("queues", queue.name)
+                queue.apply_settings(resolve(queue.arguments, policy))
+        for exchange in self.exchanges.values():
+            if exchange.name and not exchange.name.startswith("amq."):
+                exchange.policy = self._policy_for("exchanges", exchange.name)
 
     # bindings
 

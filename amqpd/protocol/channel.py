@@ -45,6 +45,26 @@ OPEN, CLOSING = "open", "closing"
 Unacked = tuple[Entry, Queue, Consumer | None]
 
 
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_TO_PREFIX = REPLY_TO + "."
+
+
+def _parse_expiration(value: str) -> int:
+    """The per-message TTL in ms; 406 for what RabbitMQ refuses."""
+    text = value.strip()
+    try:
+        ttl = int(text)
+    except ValueError:
+        raise PreconditionFailed(
+            f"invalid expiration '{value}': no_integer", 60, 40
+        ) from None
+    if ttl < 0:
+        raise PreconditionFailed(
+            f"invalid expiration '{value}': {{value_negative,{ttl}}}", 60, 40
+        )
+    return ttl
+
+
 def _random_tag(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
 
@@ -64,6 +84,10 @@ class ChannelMachine:
         self.prefetch_count = 0  # for consumers created from now on
         self.global_prefetch = 0
         self.last_queue = ""
+        # direct reply-to: the token in this channel's reply address
+        self.reply_token: str | None = None
+        self.reply_consumer: bytes | None = None
+        self.reply_tag: str | None = None
         # publisher confirms
         self.confirming = False
         self.publish_seq = 0
@@ -180,6 +204,10 @@ class ChannelMachine:
                 f"cannot publish to internal exchange '{exchange.name}' in "
                 f"vhost '{self.vhost.name}'", 60, 40,
             )  # fmt: skip
+        if "expiration" in spans:
+            message.ttl = _parse_expiration(message.prop("expiration"))
+        if "reply_to" in spans:
+            message = self._direct_reply_to(message)
         extra_keys: list[str] = []
         if "headers" in spans:
             message, extra_keys = self._apply_cc(message)
@@ -198,6 +226,9 @@ class ChannelMachine:
         mandatory: bool,
     ) -> None:
         vhost = self.vhost
+        if not exchange.name and message.routing_key.startswith(REPLY_TO_PREFIX):
+            self._reply(message, mandatory)
+            return
         queues = vhost.route(exchange, message)
         for key in extra_keys:
             routed = Message(
@@ -207,13 +238,69 @@ class ChannelMachine:
             for queue in vhost.route(exchange, routed):
                 if queue not in queues:
                     queues.append(queue)
-        if queues:
-            for queue in queues:
-                queue.publish(message)
+        refused = False
+        for queue in queues:
+            if not queue.publish(message):
+                refused = True
+        if not queues and mandatory:
+            self._return(message, 312, "NO_ROUTE")
+        if self.confirming:
+            if refused:
+                self.nacks.append(self.publish_seq)
+            self.conn.confirms_pending.add(self)
+
+    # direct reply-to
+
+    def _direct_reply_to(self, message: Message) -> Message:
+        """reply_to amq.rabbitmq.reply-to becomes this channel's address."""
+        if message.prop("reply_to") != REPLY_TO:
+            return message
+        if self.reply_token is None:
+            raise PreconditionFailed("fast reply consumer does not exist", 60, 40)
+        address = f"{REPLY_TO}.{self.reply_token}"
+        copy = message.replace({"reply_to": properties.encode_shortstr(address)})
+        copy.ttl = message.ttl
+        return copy
+
+    def _reply(self, message: Message, mandatory: bool) -> None:
+        """A publish to amq.rabbitmq.reply-to.TOKEN: straight to that channel."""
+        token = message.routing_key[len(REPLY_TO_PREFIX) :]
+        target = self.conn.node.reply_channels.get(token)
+        if target is not None and target.state == OPEN:
+            target.deliver_reply(message)
         elif mandatory:
             self._return(message, 312, "NO_ROUTE")
         if self.confirming:
             self.conn.confirms_pending.add(self)
+
+    def deliver_reply(self, message: Message) -> None:
+        assert self.reply_consumer is not None
+        self.next_tag += 1
+        conn = self.conn
+        conn.write(fastpath.deliver_frame(
+            self.number, self.reply_consumer, self.next_tag, False, message.ex_rk
+        ))  # fmt: skip
+        conn.write_many(
+            build_content(self.number, message.header, message.body, conn.frame_max)
+        )
+
+    def _consume_reply_to(self, m: spec.Basic.Consume) -> None:
+        if not m.no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge", 60, 20)
+        if self.reply_token is not None:
+            raise PreconditionFailed("reply consumer already set", 60, 20)
+        tag = m.consumer_tag or _random_tag("amq.ctag-")
+        self.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
+        self.reply_consumer = fastpath.shortstr(tag)
+        self.reply_tag = tag
+        self.conn.node.reply_channels[self.reply_token] = self
+        if not m.nowait:
+            self.send(spec.Basic.ConsumeOk(consumer_tag=tag))
+
+    def _stop_reply_to(self) -> None:
+        if self.reply_token is not None:
+            self.conn.node.reply_channels.pop(self.reply_token, None)
+            self.reply_token = self.reply_consumer = self.reply_tag = None
 
     def _apply_cc(self, message: Message) -> tuple[Message, list[str]]:
         """CC and BCC headers: extra routing keys; BCC removed before delivery."""
@@ -407,6 +494,7 @@ class ChannelMachine:
     def release(self) -> None:
         """The channel is going away: cancel consumers, requeue unacked."""
         self.state = CLOSING
+        self._stop_reply_to()
         self.assembly = None
         self.tx = None
         for tag, item in self.tx_taken:
@@ -458,6 +546,18 @@ class ChannelMachine:
         return self.last_queue
 
     def _on_queue_declare(self, m: spec.Queue.Declare) -> None:
+        if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX):
+            # RabbitMQ answers a passive declare of the pseudo-queue
+            if not m.passive:
+                raise AccessRefused(
+                    f"queue name '{m.queue}' contains reserved prefix 'amq.*'", 50, 10
+                )
+            token = m.queue[len(REPLY_TO_PREFIX) :]
+            if m.queue != REPLY_TO and token not in self.conn.node.reply_channels:
+                raise NotFound(f"no queue '{m.queue}' in vhost '{self.vhost.name}'")
+            self.send(spec.Queue.DeclareOk(queue=m.queue, message_count=0,
+                                           consumer_count=0))  # fmt: skip
+            return
         queue = self.vhost.declare_queue(
             m.queue, passive=m.passive, durable=m.durable, exclusive=m.exclusive,
             auto_delete=m.auto_delete, arguments=dict(m.arguments or {}),
@@ -514,6 +614,9 @@ class ChannelMachine:
         self._redispatch({})
 
     def _on_consume(self, m: spec.Basic.Consume) -> None:
+        if m.queue == REPLY_TO:
+            self._consume_reply_to(m)
+            return
         queue = self.vhost.get_queue(self._queue_name(m.queue, 20), self.conn)
         tag = m.consumer_tag or _random_tag("amq.ctag-")
         if tag in self.consumers:
@@ -535,6 +638,8 @@ class ChannelMachine:
         queue.add_consumer(consumer)
 
     def _on_cancel(self, m: spec.Basic.Cancel) -> None:
+        if self.reply_tag is not None and m.consumer_tag == self.reply_tag:
+            self._stop_reply_to()
         consumer = self.consumers.pop(m.consumer_tag or "", None)
         if consumer is not None:
             consumer.queue.remove_consumer(consumer)

@@ -135,6 +135,10 @@ class Broker:
         try:
             self._lock.acquire()
             self.node.ensure_defaults()
+            try:
+                self.node.load_config_policies()
+            except ValueError as exc:
+                raise StartupError(f"bad policy in configuration: {exc}") from None
             await self._listen()
         except BaseException:
             await self._cleanup()

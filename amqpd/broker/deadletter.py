@@ -1,0 +1,158 @@
+"""Dead-lettering: the x-death header and republishing to the DLX.
+
+The dead-lettered copy keeps every property and header of the original byte
+for byte except the ones RabbitMQ changes: ``expiration`` is removed, and
+``x-death`` (an array of tables, most recent first), ``x-first-death-*`` and
+``x-last-death-*`` are written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from amqpd.broker.message import Message
+from amqpd.codec import properties, table
+from amqpd.codec.fastpath import shortstr
+
+if TYPE_CHECKING:
+    from amqpd.broker.queue import Entry, Queue
+
+REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = (
+    "rejected", "expired", "maxlen", "delivery_limit",
+)  # fmt: skip
+
+
+def _split_array(raw: bytes) -> list[bytes]:
+    """Items of an encoded array value ('A' tag included)."""
+    end = 5 + int.from_bytes(raw[1:5], "big")
+    items = []
+    pos = 5
+    while pos < end:
+        size = table.value_length(raw, pos)
+        items.append(raw[pos : pos + size])
+        pos += size
+    return items
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    value = table.decode_value(raw)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def routing_keys(message: Message) -> list[str]:
+    """The routing key and any CC keys the message was published with."""
+    keys = [message.routing_key]
+    headers = message.headers or {}
+    cc = headers.get("CC")
+    if isinstance(cc, list):
+        keys += [k.decode() if isinstance(k, bytes) else str(k) for k in cc]
+    return keys
+
+
+def dead_lettered_copy(
+    message: Message, queue_name: str, reason: str, dlx: str, routing_key: str
+) -> tuple[Message, list[tuple[str, str]]]:
+    """The copy published to the DLX, and the (queue, reason) of every death
+    in its history, most recent first."""
+    raw_headers = properties.raw(message.header, message.spans, "headers")
+    entries = table.split_table(raw_headers) if raw_headers else []
+    by_key = dict(entries)
+    expiration = properties.get(message.header, message.spans, "expiration")
+    deaths = _split_array(by_key["x-death"]) if "x-death" in by_key else []
+
+    history: list[tuple[str, str]] = [(queue_name, reason)]
+    kept: list[bytes] = []
+    current: bytes | None = None
+    for item in deaths:
+        fields = table.split_table(item[1:])
+        found = dict(fields)
+        q, r = _text(found.get("queue")), _text(found.get("reason"))
+        if current is None and q == queue_name and r == reason:
+            # RabbitMQ keeps the first such death and only bumps its count
+            old = table.decode_value(found["count"]) if "count" in found else 1
+            bumped = [(k, table.long_long(int(old) + 1) if k == "count" else v)
+                      for k, v in fields]  # fmt: skip
+            if "count" not in found:
+                bumped.insert(0, ("count", table.long_long(2)))
+            current = table.table(bumped)
+            continue
+        kept.append(item)
+        history.append((q or "", r or ""))
+    if current is None:
+        death = [
+            ("count", table.long_long(1)),
+            ("reason", table.longstr(reason)),
+            ("queue", table.longstr(queue_name)),
+            ("time", table.timestamp(int(time.time()))),
+            ("exchange", table.longstr(message.exchange)),
+            ("routing-keys",
+             table.array([table.longstr(k) for k in routing_keys(message)])),
+        ]  # fmt: skip
+        if expiration is not None:
+            death.append(("original-expiration", table.longstr(expiration)))
+        current = table.table(death)
+
+    new_entries = [(k, v) for k, v in entries if k != "x-death"
+                   and not k.startswith("x-last-death-")]  # fmt: skip
+    present = {k for k, _ in new_entries}
+    if "x-first-death-queue" not in present:
+        new_entries += [
+            ("x-first-death-queue", table.longstr(queue_name)),
+            ("x-first-death-reason", table.longstr(reason)),
+            ("x-first-death-exchange", table.longstr(message.exchange)),
+        ]
+    new_entries += [
+        ("x-last-death-queue", table.longstr(queue_name)),
+        ("x-last-death-reason", table.longstr(reason)),
+        ("x-last-death-exchange", table.longstr(message.exchange)),
+        ("x-death", table.array([current, *kept])),
+    ]
+    header = properties.rebuild(
+        message.header,
+        message.spans,
+        {"headers": table.join_table(new_entries), "expiration": None},
+    )
+    copy = Message(
+        dlx, routing_key, shortstr(dlx) + shortstr(routing_key), header,
+        message.body, properties.scan(header),
+    )  # fmt: skip
+    return copy, history
+
+
+def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
+    """Publish dead-lettered copies of ``entries`` to the queue's DLX."""
+    settings = queue.settings
+    dlx_name = settings.dead_letter_exchange
+    if dlx_name is None:
+        return
+    vhost = queue.vhost
+    exchange = vhost.exchanges.get(dlx_name)
+    if exchange is None:
+        return  # RabbitMQ drops them too when the DLX does not exist
+    for entry in entries:
+        original = entry.message
+        keys = (
+            [settings.dead_letter_routing_key]
+            if settings.dead_letter_routing_key is not None
+            else routing_keys(original)
+        )
+        copy, history = dead_lettered_copy(
+            original, queue.name, reason, dlx_name, keys[0]
+        )
+        rejected = any(r == REJECTED for _, r in history)
+        died_in = {q for q, _ in history}
+        targets: dict[int, Queue] = {}
+        for key in keys:
+            routed = copy if key == copy.routing_key else Message(
+                copy.exchange, key, shortstr(dlx_name) + shortstr(key),
+                copy.header, copy.body, copy.spans,
+            )  # fmt: skip
+            for target in vhost.route(exchange, routed):
+                if target.name in died_in and not rejected:
+                    continue  # a cycle without a rejection: drop
+                targets[id(target)] = target
+        for target in targets.values():
+            target.publish(copy)
