@@ -187,7 +187,8 @@ class DiskJournal:
                 except Exception as exc:
                     self._fail(exc)
                 else:
-                    self._complete(batch.last_lsn)
+                    if batch:
+                        self._complete(batch.last_lsn)
             self._shut()
 
     def close(self) -> None:
@@ -204,7 +205,8 @@ class DiskJournal:
             except Exception as exc:
                 self._fail(exc)
             else:
-                self._complete(batch.last_lsn)
+                if batch:
+                    self._complete(batch.last_lsn)
         self._shut()
 
     # appending
@@ -365,17 +367,20 @@ class DiskJournal:
             self._last_sync = time.monotonic()
 
     async def _cycle(self) -> None:
-        plan = self._plan()
-        batch = self._take()
-        if batch:
-            sync = self._sync_due()
-            await anyio.to_thread.run_sync(self._writer.write, batch, sync)
-            if sync:
-                self._last_sync = time.monotonic()
-            self._complete(batch.last_lsn)
-        if plan is not None:
-            offsets = await anyio.to_thread.run_sync(self._maintain, plan)
-            self._finish(plan, offsets)
+        # Shielded: a batch taken must be written and completed, and a plan
+        # carried out, even if the writer is cancelled meanwhile.
+        with anyio.CancelScope(shield=True):
+            plan = self._plan()
+            batch = self._take()
+            if batch:
+                sync = self._sync_due()
+                await anyio.to_thread.run_sync(self._writer.write, batch, sync)
+                if sync:
+                    self._last_sync = time.monotonic()
+                self._complete(batch.last_lsn)
+            if plan is not None:
+                offsets = await anyio.to_thread.run_sync(self._maintain, plan)
+                self._finish(plan, offsets)
 
     def _wake(self) -> None:
         self._wake_pending = True

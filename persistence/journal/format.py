@@ -91,6 +91,14 @@ def read_segment_header(data: bytes) -> int | None:
     return int(segment_id)
 
 
+def segment_version(data: bytes) -> int | None:
+    """Return the format version of a segment whose magic is intact, else None."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        return None
+    magic, version, _, _ = _SEGMENT_HEADER.unpack_from(data)
+    return int(version) if magic == SEGMENT_MAGIC else None
+
+
 def build_frame(kind: int, flags: int, payload: bytes) -> bytes:
     """Return the full record bytes: header, payload and trailing length."""
     prefix = _PREFIX.pack(MARKER, kind, flags, 0, len(payload))

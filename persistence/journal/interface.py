@@ -152,3 +152,7 @@ class Journal(Protocol):
     async def aclose(self) -> None:
         """Make everything appended durable, then stop."""
         ...
+
+    def close(self) -> None:
+        """``aclose`` without an event loop (not while the writer runs)."""
+        ...

@@ -17,7 +17,7 @@ import anyio
 from .errors import JournalClosed, JournalError
 from .interface import DurableCallback, JournalStatistics
 from .ledger import Ledger
-from .records import Record
+from .records import Record, check_fields
 from .state import RecoveredState, Report
 
 
@@ -87,6 +87,7 @@ class MemoryJournal:
         """Check and apply ``record``; return its lsn (durable already)."""
         if self._closed or not self._opened:
             raise JournalClosed("the journal is not open")
+        check_fields(record)
         self.store.ledger.apply(record)
         self._lsn += 1
         return self._lsn

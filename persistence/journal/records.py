@@ -180,6 +180,54 @@ def encode_payload(record: Record) -> bytes:
         raise RecordRejected(f"{record.kind.name} does not fit: {exc}") from None
 
 
+_U64 = 2**64
+_U32 = 2**32
+
+
+def check_fields(record: Record) -> None:
+    """Raise RecordRejected if a field would not fit its slot on disk.
+
+    The same rule ``encode_payload`` enforces, without encoding: for
+    journals that keep records in memory.
+    """
+    numbers: list[tuple[int, int]] = []
+    texts: list[str] = []
+    _collect(record, numbers, texts)
+    for value, bound in numbers:
+        if not 0 <= value < bound:
+            raise RecordRejected(f"{record.kind.name}: {value} is out of range")
+    for text in texts:
+        if len(text) > 16383 and len(text.encode()) > 65535:
+            raise RecordRejected(f"{record.kind.name}: a name is over 65535 bytes")
+
+
+def _collect(record: Record, numbers: list[tuple[int, int]], texts: list[str]) -> None:
+    if isinstance(record, MessageRecord):
+        numbers += [(record.message_id, _U64), (record.expires_at_ms, _U64)]
+        numbers += [(record.priority, 256)]
+        numbers += [(len(record.header), _U32), (len(record.body), _U32)]
+        texts += [record.exchange, record.routing_key]
+    elif isinstance(record, EnqueueRecord):
+        numbers += [(record.message_id, _U64), (record.sequence, _U64)]
+        numbers += [(record.expires_at_ms, _U64)]
+        texts.append(record.queue)
+    elif isinstance(record, AckRecord | PurgeRecord):
+        if isinstance(record, AckRecord):
+            numbers.append((record.message_id, _U64))
+        texts.append(record.queue)
+    elif isinstance(record, DeliveryCountRecord):
+        numbers += [(record.message_id, _U64), (record.count, _U32)]
+        texts.append(record.queue)
+    else:
+        numbers += [(record.message_id, _U64), (len(record.targets), 2**16)]
+        texts.append(record.source)
+        for target in record.targets:
+            numbers += [(target.sequence, _U64), (target.expires_at_ms, _U64)]
+            texts.append(target.queue)
+        if record.message is not None:
+            _collect(record.message, numbers, texts)
+
+
 def decode_payload(kind: int, payload: bytes) -> Record:
     """Return the record of type ``kind`` stored in ``payload``.
 

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .codec import RecordCodec
+from .errors import FormatError
 from .filelayer import FileLayer
 from .format import (
+    FORMAT_VERSION,
     OVERHEAD,
     SEGMENT_HEADER_SIZE,
     Frame,
@@ -38,6 +40,7 @@ from .format import (
     plausible_length,
     read_frame,
     read_segment_header,
+    segment_version,
 )
 from .keyring import Keyring
 from .ledger import Ledger
@@ -64,6 +67,7 @@ def scan_segment(path: Path, segment_id: int, data: bytes, last: bool) -> Segmen
 
     In the newest segment (``last``) unreadable bytes that run to the end are
     a torn tail, to be cut at ``cut_at``; anywhere else they are corrupt.
+    Raises FormatError for a segment of an unknown format version.
     """
     scan = SegmentScan(segment_id, path, len(data))
     end_kind = DamageKind.TORN_TAIL if last else DamageKind.CORRUPT
@@ -71,6 +75,9 @@ def scan_segment(path: Path, segment_id: int, data: bytes, last: bool) -> Segmen
         scan.damage.append(Damage(path, 0, len(data), end_kind))
         scan.cut_at = 0 if last else None
         return scan
+    version = segment_version(data)
+    if version is not None and version != FORMAT_VERSION:
+        raise FormatError(f"{path}: segment format version {version} is not known")
     if read_segment_header(data) != segment_id:
         bad = Damage(path, 0, SEGMENT_HEADER_SIZE, DamageKind.BAD_SEGMENT_HEADER)
         scan.damage.append(bad)

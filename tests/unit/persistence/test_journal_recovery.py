@@ -1,0 +1,314 @@
+"""Recovery on damaged segment files: torn tails, flipped bytes, missing keys."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from amqpd.persistence.journal import (
+    DamageKind,
+    DeliveryCountRecord,
+    DiskJournal,
+    EnqueueRecord,
+    FormatError,
+    JournalKeyError,
+    JournalOptions,
+    Keyring,
+    MessageRecord,
+    MoveRecord,
+    Placement,
+    Record,
+    RecordKind,
+    RecoveredState,
+    check,
+)
+from amqpd.persistence.journal import format as fmt
+from amqpd.persistence.journal.recovery import scan_segment
+
+KEY = bytes(range(32))
+
+
+def published(first: int, last: int, queue: str = "q") -> list[Record]:
+    records: list[Record] = []
+    for mid in range(first, last + 1):
+        body = f"body of message {mid}".encode()
+        records.append(MessageRecord(mid, "ex", f"rk.{mid}", b"header", body))
+        records.append(EnqueueRecord(queue, mid, mid))
+    return records
+
+
+def write(
+    directory: Path,
+    records: Sequence[Record],
+    options: JournalOptions | None = None,
+    keyring: Keyring | None = None,
+) -> None:
+    journal = DiskJournal(directory, options, keyring=keyring)
+    journal.recover()
+    journal.append_many(records)
+    journal.close()
+
+
+def recover(directory: Path, keyring: Keyring | None = None) -> RecoveredState:
+    journal = DiskJournal(directory, keyring=keyring)
+    state = journal.recover()
+    journal.close()
+    return state
+
+
+def ids(state: RecoveredState, queue: str = "q") -> list[int]:
+    return [item.message.message_id for item in state.queues.get(queue, ())]
+
+
+def only_segment(directory: Path) -> Path:
+    (path,) = sorted(directory.glob("*.seg"))
+    return path
+
+
+def frames_of(path: Path) -> list[fmt.Frame]:
+    data = path.read_bytes()
+    scan = scan_segment(path, int(path.stem), data, last=True)
+    assert not scan.damage
+    return scan.frames
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+# torn tails
+
+
+def test_cut_at_every_byte_of_the_last_record_loses_only_that_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "source"
+    dead_letter = MessageRecord(100, "dlx", "rk", b"x-death", b"body of message 5")
+    move = MoveRecord("q", 5, (Placement("dlq", 1),), dead_letter)
+    write(source, [*published(1, 9), move])
+    segment = only_segment(source)
+    data = segment.read_bytes()
+    last = frames_of(segment)[-1]
+    assert last.kind == RecordKind.MOVE and last.offset + last.size == len(data)
+
+    caplog.set_level(logging.WARNING, logger="amqpd.journal")
+    for cut in range(last.offset, len(data)):
+        directory = tmp_path / f"cut{cut}"
+        directory.mkdir()
+        (directory / segment.name).write_bytes(data[:cut])
+        caplog.clear()
+
+        state = recover(directory)
+
+        assert ids(state) == list(range(1, 10)), cut
+        assert "dlq" not in state.queues
+        assert (directory / segment.name).stat().st_size == last.offset
+        if cut == last.offset:
+            assert state.report.clean and not caplog.records
+            continue
+        (damage,) = state.report.damage
+        assert damage.kind is DamageKind.TORN_TAIL
+        assert (damage.offset, damage.length) == (last.offset, cut - last.offset)
+        (warning,) = caplog.records
+        assert str(directory / segment.name) in warning.getMessage()
+        assert f"offset {last.offset}" in warning.getMessage()
+        assert check(directory).clean
+
+    intact = recover(source)
+    assert ids(intact) == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert ids(intact, "dlq") == [100]
+
+
+def test_segment_shorter_than_its_header_is_removed(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 3), JournalOptions(segment_size=4096))
+    (tmp_path / "00000002.seg").write_bytes(fmt.segment_header(2)[:9])
+
+    state = recover(tmp_path)
+
+    assert ids(state) == [1, 2, 3]
+    (damage,) = state.report.damage
+    assert damage.kind is DamageKind.TORN_TAIL and damage.offset == 0
+    assert not (tmp_path / "00000002.seg").exists()
+
+
+# flipped bytes in the middle
+
+
+def test_every_flipped_byte_of_a_middle_record_loses_only_that_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "source"
+    write(source, published(1, 20))
+    segment = only_segment(source)
+    data = segment.read_bytes()
+    victim = frames_of(segment)[20]  # MESSAGE 11
+    assert victim.kind == RecordKind.MESSAGE
+
+    caplog.set_level(logging.WARNING, logger="amqpd.journal")
+    for index in range(victim.offset, victim.offset + victim.size):
+        directory = tmp_path / f"flip{index}"
+        directory.mkdir()
+        broken = bytearray(data)
+        broken[index] ^= 0x5A
+        (directory / segment.name).write_bytes(broken)
+        caplog.clear()
+
+        state = recover(directory)
+
+        assert ids(state) == [*range(1, 11), *range(12, 21)], index
+        (damage,) = state.report.damage
+        assert damage.kind is DamageKind.CORRUPT
+        assert (damage.offset, damage.length) == (victim.offset, victim.size)
+        assert (directory / segment.name).read_bytes() == broken
+        (warning,) = caplog.records
+        assert f"offset {victim.offset}" in warning.getMessage()
+        assert segment.name in warning.getMessage()
+
+
+def test_damage_in_several_segments_is_counted_and_the_rest_recovered(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, published(1, 120), JournalOptions(segment_size=4096))
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) >= 3
+    damaged = []
+    for path in segments[:2]:
+        frame = frames_of(path)[4]
+        data = bytearray(path.read_bytes())
+        data[frame.offset + 5] ^= 0xFF  # the length field
+        path.write_bytes(data)
+        damaged.append((path, frame.offset))
+
+    state = recover(tmp_path)
+
+    assert len(state.report.damage) == 2
+    assert [(d.path, d.offset) for d in state.report.damage] == damaged
+    assert len(ids(state)) == 118
+    assert ids(state) == sorted(ids(state))
+
+
+def test_corrupt_end_of_an_older_segment_is_skipped_not_cut(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 60), JournalOptions(segment_size=4096))
+    first = sorted(tmp_path.glob("*.seg"))[0]
+    last_frame = frames_of(first)[-1]
+    data = bytearray(first.read_bytes())
+    data[last_frame.offset + fmt.HEADER_SIZE] ^= 0x01
+    first.write_bytes(data)
+
+    state = recover(tmp_path)
+
+    (damage,) = state.report.damage
+    assert damage.kind is DamageKind.CORRUPT and damage.offset == last_frame.offset
+    assert first.read_bytes() == data
+
+
+def test_bad_segment_header_is_reported_and_records_still_read(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 5))
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[0] ^= 0xFF
+    segment.write_bytes(data)
+
+    state = recover(tmp_path)
+
+    assert ids(state) == [1, 2, 3, 4, 5]
+    assert [d.kind for d in state.report.damage] == [DamageKind.BAD_SEGMENT_HEADER]
+
+
+# check() changes nothing
+
+
+def test_check_reports_like_recovery_and_changes_nothing(tmp_path: Path) -> None:
+    write(tmp_path, [*published(1, 10), DeliveryCountRecord("q", 3, 2)])
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[fmt.SEGMENT_HEADER_SIZE + 20] ^= 0x10
+    segment.write_bytes(bytes(data) + b"\xa5torn")
+    (tmp_path / (segment.name + ".tmp")).write_bytes(b"half a compaction")
+    before = snapshot(tmp_path)
+
+    report = check(tmp_path)
+
+    assert snapshot(tmp_path) == before
+    kinds = [d.kind for d in report.damage]
+    assert kinds == [DamageKind.CORRUPT, DamageKind.TORN_TAIL]
+    assert report.leftovers == (tmp_path / (segment.name + ".tmp"),)
+    assert not report.clean
+    assert report.messages == 9 and report.queues == 1
+    assert any("torn tail" in line for line in report.describe())
+
+    state = recover(tmp_path)
+    assert state.report.damage == report.damage
+    assert not (tmp_path / (segment.name + ".tmp")).exists()
+    assert check(tmp_path).damage == report.damage[:1]
+    assert [m.delivery_count for m in state.queues["q"] if m.sequence == 3] == [2]
+
+
+def test_check_of_a_missing_directory_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        check(tmp_path / "nothing")
+
+
+# keys and formats: refuse before changing anything
+
+
+def test_missing_or_wrong_key_raises_before_anything_changes(tmp_path: Path) -> None:
+    keyring = Keyring({"k1": KEY}, active="k1")
+    write(tmp_path, published(1, 5), keyring=keyring)
+    segment = only_segment(tmp_path)
+    segment.write_bytes(segment.read_bytes() + b"\xa5\x02torn tail")
+    (tmp_path / "00000001.seg.tmp").write_bytes(b"leftover")
+    before = snapshot(tmp_path)
+
+    with pytest.raises(JournalKeyError, match="no keyring"):
+        recover(tmp_path)
+    with pytest.raises(JournalKeyError, match="k1"):
+        recover(tmp_path, Keyring({"k2": KEY}))
+    with pytest.raises(JournalKeyError, match="does not decrypt"):
+        recover(tmp_path, Keyring({"k1": bytes(32)}))
+    assert snapshot(tmp_path) == before
+
+    state = recover(tmp_path, Keyring({"k1": KEY}))
+    assert ids(state) == [1, 2, 3, 4, 5]
+    assert [d.kind for d in state.report.damage] == [DamageKind.TORN_TAIL]
+
+
+def test_rotated_key_reads_old_and_new_segments(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 3), keyring=Keyring({"old": KEY}, active="old"))
+    both = Keyring({"old": KEY, "new": bytes(32)}, active="new")
+    journal = DiskJournal(tmp_path, keyring=both)
+    journal.recover()
+    journal.append_many(published(4, 6))
+    journal.close()
+
+    assert ids(recover(tmp_path, both)) == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(JournalKeyError, match="new"):
+        recover(tmp_path, Keyring({"old": KEY}))
+
+
+def test_undecodable_record_with_a_good_checksum_is_a_format_error(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, published(1, 2))
+    segment = only_segment(tmp_path)
+    bogus = fmt.build_frame(RecordKind.ACK, 0, b"\x01\x00")
+    segment.write_bytes(segment.read_bytes() + bogus)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(FormatError, match="ACK"):
+        recover(tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_segment_of_a_newer_format_version_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 2))
+    segment = only_segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[8] = fmt.FORMAT_VERSION + 1
+    segment.write_bytes(data)
+
+    with pytest.raises(FormatError, match="version"):
+        recover(tmp_path)
