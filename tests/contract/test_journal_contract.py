@@ -100,7 +100,7 @@ async def reopen(
 # recovery of what was appended
 
 
-async def test_fresh_journal_recovers_nothing(backend: Backend) -> None:
+def test_fresh_journal_recovers_nothing(backend: Backend) -> None:
     state = backend.reopen()
     assert dict(state.queues) == {}
     assert state.next_message_id == 1
@@ -423,7 +423,7 @@ def apply_all(journal: Journal, records: Sequence[Record]) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_random_operations_match_a_model_across_reopens(
+def test_random_operations_match_a_model_across_reopens(
     backend: Backend, seed: int
 ) -> None:
     rng = random.Random(seed)
