@@ -267,19 +267,25 @@ class SQLDefinitionsStore(DefinitionsStore):
         return Definitions.of(found)
 
     async def merge(self, definitions: Definitions) -> None:
+        # In bulk, one kind at a time: delete the rows being replaced, then
+        # insert every record with one executemany. A record at a time
+        # took 20 s for 20,000 records on SQLite.
         async with self._transaction() as connection:
             known = {
                 "vhosts": set(await _names(connection, schema.vhosts)),
                 "users": set(await _names(connection, schema.users)),
             }
             for kind in KINDS:
+                records: dict[tuple[str, ...], Record] = {}
                 for record in getattr(definitions, kind):
                     for needed, name in required_records(record):
                         if name not in known[needed]:
                             raise missing(needed, name)
-                    await _upsert(connection, record)
+                    records[record.key] = record
                     if kind in known:
                         known[kind].add(record.key[0])
+                if records:
+                    await _replace_all(connection, _KINDS[kind], records)
 
     async def _put(self, record: Record) -> None:
         async with self._transaction() as connection:
@@ -392,6 +398,26 @@ async def _exists(
 ) -> bool:
     query = sa.select(sa.literal(1)).where(_key_clause(table, key))
     return (await connection.execute(query)).first() is not None
+
+
+async def _replace_all(
+    connection: AsyncConnection, kind: _Kind, records: dict[tuple[str, ...], Record]
+) -> None:
+    columns = list(kind.table.primary_key.columns)
+    stored = await connection.execute(sa.select(*columns))
+    replaced = [key for key in map(tuple, stored) if key in records]
+    if replaced:
+        where = sa.and_(*(c == sa.bindparam(f"key_{c.name}") for c in columns))
+        await connection.execute(
+            kind.table.delete().where(where),
+            [
+                {f"key_{c.name}": v for c, v in zip(columns, key, strict=True)}
+                for key in replaced
+            ],
+        )
+    await connection.execute(
+        kind.table.insert(), [kind.to_row(record) for record in records.values()]
+    )
 
 
 async def _upsert(connection: AsyncConnection, record: Record) -> None:
