@@ -2,14 +2,17 @@
 # A throwaway PostgreSQL for the definitions store's contract tests.
 #
 #   .ci/postgres.sh install                 install Debian's postgresql if missing
-#   .ci/postgres.sh start PORT [DIR] [--no-install]
+#   .ci/postgres.sh start PORT [DIR] [--no-install] [--stop-with PID]
 #       make a new cluster in DIR (default /tmp/amqpd-postgres-PORT), serve it
 #       on 127.0.0.1:PORT only, create database amqpd_test, and print its
-#       SQLAlchemy URL on stdout (the only thing printed there)
+#       SQLAlchemy URL on stdout (the only thing printed there);
+#       --stop-with PID: a detached watcher stops the cluster once PID is
+#       gone, so a test run that is killed leaves no server behind
 #   .ci/postgres.sh stop PORT [DIR]         stop that cluster and remove DIR
 #
 # The cluster runs without fsync: it is for tests, never for data.
 set -euo pipefail
+script=$(readlink -f "$0")
 
 usage() {
     echo "usage: $0 install | start PORT [DIR] [--no-install] | stop PORT [DIR]" >&2
@@ -77,6 +80,15 @@ start() {
     echo "postgresql+asyncpg://postgres:$password@127.0.0.1:$port/amqpd_test"
 }
 
+# Stop the cluster once process $1 has exited (checked every second).
+watch() {
+    local owner=$1 port=$2 dir=$3
+    setsid bash -c '
+        while kill -0 "$1" 2>/dev/null; do sleep 1; done
+        exec bash "$2" stop "$3" "$4"
+    ' watcher "$owner" "$script" "$port" "$dir" </dev/null >/dev/null 2>&1 &
+}
+
 stop() {
     local dir=$2 bin
     bin=$(bindir)
@@ -96,16 +108,25 @@ start | stop)
     [[ $port =~ ^[0-9]+$ ]] || usage
     dir=/tmp/amqpd-postgres-$port
     no_install=
-    for arg in "${@:3}"; do
-        case $arg in
+    owner=
+    set -- "${@:3}"
+    while [ $# -gt 0 ]; do
+        case $1 in
         --no-install) no_install=1 ;;
+        --stop-with)
+            owner=${2:-}
+            [[ $owner =~ ^[0-9]+$ ]] || usage
+            shift
+            ;;
         -*) usage ;;
-        *) dir=$arg ;;
+        *) dir=$1 ;;
         esac
+        shift
     done
     if [ "$command" = start ]; then
         [ -n "$no_install" ] || install
         start "$port" "$dir"
+        [ -z "$owner" ] || watch "$owner" "$port" "$dir"
     else
         stop "$port" "$dir"
     fi

@@ -78,7 +78,10 @@ def postgres_url() -> Iterator[str]:
         )
     port = str(_free_port())
     started = subprocess.run(
-        ["bash", str(POSTGRES_SCRIPT), "start", port, "--no-install"],
+        [
+            *("bash", str(POSTGRES_SCRIPT), "start", port, "--no-install"),
+            *("--stop-with", str(os.getpid())),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
