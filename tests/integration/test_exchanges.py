@@ -14,7 +14,11 @@ from typing import Any
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
+from pika.exceptions import (
+    ChannelClosedByBroker,
+    ConnectionClosedByBroker,
+    UnroutableError,
+)
 
 from amqpd.testing import BrokerThread
 
@@ -223,6 +227,7 @@ def test_publish_to_default_exchange_routes_by_queue_name(
     conn: BlockingConnection,
 ) -> None:
     ch = conn.channel()
+    ch.confirm_delivery()  # published means routed
     queue = ch.queue_declare(unique("by-name"), exclusive=True).method.queue
     ch.basic_publish("", queue, b"direct to the queue")
     ch.basic_publish("", unique("nobody"), b"dropped")
@@ -320,13 +325,15 @@ def test_delete_missing_exchange_answers_delete_ok(
 
 def test_deleted_exchange_loses_its_bindings(conn: BlockingConnection) -> None:
     ch = conn.channel()
+    ch.confirm_delivery()  # published means routed
     name = unique("recreated")
     ch.exchange_declare(name, "fanout")
     queue = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_bind(queue, name)
     ch.exchange_delete(name)
     ch.exchange_declare(name, "fanout")
-    ch.basic_publish(name, "", b"m")
+    with pytest.raises(UnroutableError):
+        ch.basic_publish(name, "", b"m", mandatory=True)
     assert ch.queue_declare(queue, passive=True).method.message_count == 0
 
 
@@ -354,6 +361,7 @@ def test_internal_exchange_routes_messages_from_exchange_bindings(
     conn: BlockingConnection,
 ) -> None:
     ch = conn.channel()
+    ch.confirm_delivery()  # published means routed
     front, inner = unique("front"), unique("inner")
     ch.exchange_declare(front, "direct")
     ch.exchange_declare(inner, "fanout", internal=True)

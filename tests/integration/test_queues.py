@@ -64,6 +64,14 @@ def refused(
     return info.value
 
 
+def confirming(conn: BlockingConnection) -> BlockingChannel:
+    """A channel in confirm mode: once basic_publish returns, the message is
+    in its queues (RabbitMQ gives no such promise without confirms)."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    return ch
+
+
 def counts(conn: BlockingConnection, queue: str) -> tuple[int, int]:
     """(ready messages, consumers) from a passive declare."""
     ok = conn.channel().queue_declare(queue, passive=True).method
@@ -124,7 +132,7 @@ def test_declare_queue_with_amq_prefix_is_refused_403(
 def test_declare_ok_counts_ready_messages_and_consumers(
     conn: BlockingConnection,
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare(unique("counts"), exclusive=True).method.queue
     publish(ch, queue, 3)
     redeclared = ch.queue_declare(queue, exclusive=True).method
@@ -269,7 +277,7 @@ async def test_redeclare_with_short_ttl_equals_int_and_long_long_ttl(
 def test_bind_and_unbind_change_what_reaches_the_queue(
     conn: BlockingConnection,
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     exchange = unique("bind")
     ch.exchange_declare(exchange, "direct")
     queue = ch.queue_declare("", exclusive=True).method.queue
@@ -318,7 +326,7 @@ def test_bind_naming_missing_object_fails_404(
 def test_purge_returns_ready_count_and_leaves_unacked(
     conn: BlockingConnection,
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare("", exclusive=True).method.queue
     publish(ch, queue, 4)
     method, _props, _body = ch.basic_get(queue)
@@ -337,7 +345,7 @@ def test_purge_of_missing_queue_fails_404(conn: BlockingConnection) -> None:
 
 
 def test_delete_returns_ready_count(conn: BlockingConnection) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare(unique("delete"), exclusive=True).method.queue
     publish(ch, queue, 3)
     ch.basic_get(queue)  # unacked is not counted
@@ -362,7 +370,7 @@ def test_delete_if_unused_with_consumer_fails_406(
 
 
 def test_delete_if_empty_with_messages_fails_406(conn: BlockingConnection) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare(unique("not-empty"), exclusive=True).method.queue
     publish(ch, queue, 2)
     err = refused(conn, lambda c: c.queue_delete(queue, if_empty=True))
@@ -386,7 +394,7 @@ def test_delete_missing_queue_answers_delete_ok_zero(
 
 
 def test_deleted_queue_loses_its_bindings(conn: BlockingConnection) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     exchange, name = unique("fan"), unique("recreated")
     ch.exchange_declare(exchange, "fanout")
     ch.queue_declare(name, exclusive=True)
@@ -404,14 +412,14 @@ def test_exclusive_queue_is_deleted_with_its_connection(
     amqpd_session_broker: BrokerThread, conn: BlockingConnection
 ) -> None:
     owner = connect(amqpd_session_broker)
-    ch = owner.channel()
+    ch = confirming(owner)
     queue = ch.queue_declare(unique("excl"), exclusive=True).method.queue
     ch.queue_bind(queue, "amq.fanout")
     publish(ch, queue, 2)
     owner.channel().queue_declare(queue, passive=True)  # other channel: fine
     owner.close()
     assert not exists(conn, queue)
-    ch = conn.channel()
+    ch = confirming(conn)
     ch.queue_declare(queue)  # the name is free again, without old bindings
     ch.basic_publish("amq.fanout", "", b"m")
     assert counts(conn, queue) == (0, 0)
@@ -439,7 +447,7 @@ def test_exclusive_queue_is_locked_for_other_connections_405(
     other: BlockingConnection,
     action: Callable[[BlockingChannel, str], Any],
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare(unique("locked"), exclusive=True).method.queue
     publish(ch, queue, 1)
     err = refused(other, lambda c: action(c, queue))
@@ -474,7 +482,7 @@ def test_shared_queue_redeclared_exclusive_fails_405(
 def test_auto_delete_queue_waits_for_a_first_consumer(
     conn: BlockingConnection,
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare(unique("auto"), auto_delete=True).method.queue
     publish(ch, queue, 1)
     assert counts(conn, queue) == (1, 0)
@@ -516,7 +524,7 @@ def test_auto_delete_queue_goes_when_consumer_connection_closes(
 def test_empty_queue_name_means_last_declared_queue(
     conn: BlockingConnection,
 ) -> None:
-    ch = conn.channel()
+    ch = confirming(conn)
     queue = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_bind("", "amq.direct", queue)
     ch.basic_publish("amq.direct", queue, b"one")
@@ -539,7 +547,7 @@ def test_empty_queue_name_means_last_declared_queue(
 
 
 def test_last_declared_queue_is_per_channel(conn: BlockingConnection) -> None:
-    first = conn.channel()
+    first = confirming(conn)
     a = first.queue_declare("", exclusive=True).method.queue
     second = conn.channel()
     b = second.queue_declare("", exclusive=True).method.queue
