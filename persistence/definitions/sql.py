@@ -3,6 +3,11 @@
 SQLite (through aiosqlite) is the default, one file in the data directory,
 in WAL mode with synchronous=FULL: a definition the broker has confirmed
 to a client survives a power cut. PostgreSQL through asyncpg is tested too.
+
+Known limit: PostgreSQL text cannot hold the NUL character, so a name or
+routing key containing one (legal in AMQP) fails to store there with
+SQLAlchemy's DBAPIError. SQLite stores it. Values inside arguments are
+not affected: they live in JSON columns, where NUL is escaped.
 """
 
 from __future__ import annotations
