@@ -61,12 +61,10 @@ class Consumer:
 
     def can_take(self) -> bool:
         """True when this consumer may receive one more message now."""
-        channel = self.channel
-        if channel.blocked:
-            return False
         if self.prefetch and self.unacked >= self.prefetch:
             return False
-        return channel.has_capacity()
+        channel = self.channel
+        return not channel.blocked and channel.has_capacity()
 
     def __repr__(self) -> str:
         return f"<Consumer {self.tag!r} on {self.queue.name!r}>"

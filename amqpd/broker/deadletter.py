@@ -48,7 +48,8 @@ def routing_keys(message: Message) -> list[str]:
     headers = message.headers or {}
     cc = headers.get("CC")
     if isinstance(cc, list):
-        keys += [k.decode() if isinstance(k, bytes) else str(k) for k in cc]
+        keys += [k if isinstance(k, str) else k.decode(errors="replace")
+                 for k in cc if isinstance(k, str | bytes)]  # fmt: skip
     return keys
 
 
@@ -61,7 +62,11 @@ def dead_lettered_copy(
     entries = table.split_table(raw_headers) if raw_headers else []
     by_key = dict(entries)
     expiration = properties.get(message.header, message.spans, "expiration")
-    deaths = _split_array(by_key["x-death"]) if "x-death" in by_key else []
+    raw_deaths = by_key.get("x-death", b"")
+    # as RabbitMQ does, an x-death that is not an array of tables (a client
+    # rewrote it) is dropped and the history starts afresh
+    deaths = _split_array(raw_deaths) if raw_deaths[:1] == b"A" else []
+    deaths = [item for item in deaths if item[:1] == b"F"]
 
     history: list[tuple[str, str]] = [(queue_name, reason)]
     kept: list[bytes] = []
@@ -73,6 +78,7 @@ def dead_lettered_copy(
         if current is None and q == queue_name and r == reason:
             # RabbitMQ keeps the first such death and only bumps its count
             old = table.decode_value(found["count"]) if "count" in found else 1
+            old = old if isinstance(old, int) else 1
             bumped = [(k, table.long_long(int(old) + 1) if k == "count" else v)
                       for k, v in fields]  # fmt: skip
             if "count" not in found:

@@ -102,6 +102,7 @@ class Queue:
         self.last_used = 0.0
         self.settings = QueueSettings()
         self.count_deliveries = False
+        self.plain = True
         self.apply_settings(resolve(arguments, None))
 
     # settings
@@ -116,6 +117,11 @@ class Queue:
         self.settings = settings
         self.count_deliveries = (
             settings.delivery_limit is not None or self.queue_type == "quorum"
+        )
+        self.plain = (
+            not settings.limited
+            and settings.message_ttl is None
+            and not self.max_priority
         )
         if settings.limited:
             self._enforce_limits()
@@ -140,6 +146,15 @@ class Queue:
     def publish(self, message: Message) -> bool:
         """Enqueue a routed message; False if the queue refused it
         (x-overflow reject-publish)."""
+        if self.plain and message.ttl is None:
+            # no limits, TTLs or priorities: the common case, kept short
+            self._seq += 1
+            entry = Entry(self._seq, message)
+            self.ready.append(entry)
+            self.ready_bytes += entry.size
+            if self.consumers:
+                self.dispatch()
+            return True
         settings = self.settings
         if settings.limited and settings.overflow != "drop-head":
             if self._would_overflow(len(message.body)):
@@ -238,6 +253,9 @@ class Queue:
         consumer priority first, round-robin within a priority."""
         ready = self.ready
         expiring = bool(self._heap)
+        if not expiring and not self.single_active and len(self._groups) == 1:
+            self._dispatch_round_robin(self._groups[0])
+            return
         now = self.scheduler.clock() if expiring else 0.0
         while ready and self.consumers:
             consumer = self._next_consumer()
@@ -250,6 +268,32 @@ class Queue:
                 deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
                 continue
             self._deliver(consumer, entry)
+
+    def _dispatch_round_robin(self, group: deque[Consumer]) -> None:
+        """dispatch() for one consumer priority, no expiry, no single
+        active consumer: the hot path, with the checks inlined."""
+        ready = self.ready
+        count_deliveries = self.count_deliveries
+        while ready:
+            for _ in range(len(group)):
+                consumer = group[0]
+                group.rotate(-1)
+                if consumer.can_take():
+                    break
+            else:
+                return
+            entry = ready.popleft()
+            self.ready_bytes -= entry.size
+            if consumer.no_ack:
+                entry.state = GONE
+            else:
+                entry.state = UNACKED
+                self.unacked += 1
+            if entry.returns and count_deliveries:
+                entry.message = with_delivery_count(entry.message, entry.returns)
+            consumer.channel.deliver(consumer, entry, self)
+            if not group:
+                return  # the delivery cancelled the consumer
 
     def _deliver(self, consumer: Consumer, entry: Entry) -> None:
         if consumer.no_ack:

@@ -463,7 +463,6 @@ class VHost:
         queues: dict[int, Queue],
         seen: set[int],
     ) -> None:
-        before = len(queues)
         for dest in found:
             if isinstance(dest, Queue):
                 queues[id(dest)] = dest
@@ -474,7 +473,10 @@ class VHost:
                     dest, message, dest.table.route(message.routing_key, headers),
                     queues, seen,
                 )  # fmt: skip
-        if len(queues) == before and exchange.alternate:
+        # as in RabbitMQ, the alternate exchange is tried only when the
+        # exchange's own bindings matched nothing, not when every match was
+        # an exchange that routed nowhere
+        if not found and exchange.alternate:
             alt = self.exchanges.get(exchange.alternate)
             if alt is not None and id(alt) not in seen:
                 seen.add(id(alt))

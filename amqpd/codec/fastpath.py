@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import struct
 
-from amqpd.codec.frames import FRAME_END_BYTE, FRAME_HEAD, FRAME_METHOD
+from amqpd.codec.frames import (
+    FRAME_BODY,
+    FRAME_END_BYTE,
+    FRAME_HEAD,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    FRAME_OVERHEAD,
+    build_content,
+)
 
 BASIC_PUBLISH = (60 << 16) | 40
 BASIC_ACK = (60 << 16) | 80
@@ -86,6 +94,70 @@ def get_ok_frame(
             _U32.pack(message_count),
         )
     )
+    return (
+        FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    )
+
+
+def deliver_message(
+    channel: int,
+    ctag: bytes,
+    tag: int,
+    redelivered: bool,
+    ex_rk: bytes,
+    header: bytes,
+    body: bytes,
+    frame_max: int,
+) -> bytes:
+    """basic.deliver, content header and body frames as one buffer.
+
+    The common case (a body that fits one frame) is built with a single
+    join; larger bodies are split to ``frame_max``.
+    """
+    pack = FRAME_HEAD.pack
+    method = b"".join((_DELIVER_ID, ctag, _DELIVER_TAIL.pack(tag, redelivered), ex_rk))
+    size = len(body)
+    if size and size <= frame_max - FRAME_OVERHEAD:
+        return b"".join((
+            pack(FRAME_METHOD, channel, len(method)), method, FRAME_END_BYTE,
+            pack(FRAME_HEADER, channel, len(header)), header, FRAME_END_BYTE,
+            pack(FRAME_BODY, channel, size), body, FRAME_END_BYTE,
+        ))  # fmt: skip
+    parts = [pack(FRAME_METHOD, channel, len(method)), method, FRAME_END_BYTE]
+    parts += build_content(channel, header, body, frame_max)
+    return b"".join(parts)
+
+
+_DECLARE_OK_ID = b"\x00\x32\x00\x0b"
+_RETURN_ID = b"\x00\x3c\x00\x32"
+_COUNTS = struct.Struct(">II")
+_REPLY_CODE = struct.Struct(">H")
+
+
+def declare_ok_frame(
+    channel: int, queue: str, message_count: int, consumer_count: int
+) -> bytes:
+    """The method frame of queue.declare-ok.
+
+    Built here rather than by pamqp, whose name check refuses what AMQP
+    allows in a queue name (any UTF-8 up to 255 bytes, e.g. "tâche" or "a*b").
+    """
+    payload = b"".join(
+        (_DECLARE_OK_ID, shortstr(queue), _COUNTS.pack(message_count, consumer_count))
+    )
+    return (
+        FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
+    )
+
+
+def return_frame(
+    channel: int, reply_code: int, reply_text: str, exchange: str, routing_key: str
+) -> bytes:
+    """The method frame of basic.return (any exchange name, as above)."""
+    payload = b"".join((
+        _RETURN_ID, _REPLY_CODE.pack(reply_code), shortstr(reply_text),
+        shortstr(exchange), shortstr(routing_key),
+    ))  # fmt: skip
     return (
         FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
     )

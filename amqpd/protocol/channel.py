@@ -25,13 +25,13 @@ from amqpd.codec import fastpath, properties, table
 from amqpd.codec.frames import build_content, build_method
 from amqpd.errors import (
     AccessRefused,
+    AMQPError,
     ChannelErrorHard,
     FrameError,
     NotAllowed,
     NotFound,
     NotImplemented_,
     PreconditionFailed,
-    SyntaxError_,
     UnexpectedFrame,
 )
 from amqpd.protocol.content import Assembly
@@ -143,13 +143,18 @@ class ChannelMachine:
         if self.assembly is not None:
             raise UnexpectedFrame(
                 f"expected content header for class 60, got {method.name}",
-                method.frame_id,
+                method.index >> 16,
                 method.index & 0xFFFF,
             )
         handler = self._handlers.get(type(method))
         if handler is None:
             raise NotImplemented_(f"{method.name} is not supported")
-        handler(method)
+        try:
+            handler(method)
+        except AMQPError as exc:
+            if not exc.class_id:  # the close names the method that failed
+                exc.class_id, exc.method_id = method.index >> 16, method.index & 0xFFFF
+            raise
 
     def on_publish(self, payload: bytes) -> None:
         """basic.publish through the fast path."""
@@ -160,7 +165,7 @@ class ChannelMachine:
                 payload
             )
         except (IndexError, UnicodeDecodeError) as exc:
-            raise SyntaxError_(f"malformed basic.publish: {exc}", 60, 40) from None
+            raise FrameError(f"cannot decode basic.publish: {exc}", 60, 40) from None
         if immediate:
             raise NotImplemented_("immediate=true", 60, 40)
         self.assembly = Assembly(exchange, key, ex_rk, mandatory)
@@ -187,6 +192,11 @@ class ChannelMachine:
         assert header is not None
         try:
             spans = properties.scan(header)
+            if "headers" in spans:
+                # routing, queues and dead-lettering read the headers later,
+                # away from this frame: a table they cannot read stops here
+                table.split_table(header[slice(*spans["headers"])])
+                properties.get(header, spans, "headers")
         except (ValueError, IndexError) as exc:
             raise FrameError(f"malformed content header: {exc}") from None
         message = Message(
@@ -314,9 +324,13 @@ class ChannelMachine:
         for key, value in entries:
             if key in ("CC", "BCC"):
                 decoded = table.decode_value(value)
-                if isinstance(decoded, list):
-                    keys += [v.decode() if isinstance(v, bytes) else str(v)
-                             for v in decoded]  # fmt: skip
+                if not isinstance(decoded, list):
+                    raise PreconditionFailed(
+                        f"invalid message: header '{key}' is not an array", 60, 40
+                    )
+                # as RabbitMQ does, only string items are routing keys
+                keys += [v if isinstance(v, str) else v.decode(errors="replace")
+                         for v in decoded if isinstance(v, str | bytes)]  # fmt: skip
             if key != "BCC":
                 kept.append((key, value))
         if len(kept) != len(entries):
@@ -324,11 +338,9 @@ class ChannelMachine:
         return message, keys
 
     def _return(self, message: Message, code: int, text: str) -> None:
-        method = spec.Basic.Return(
-            reply_code=code, reply_text=text, exchange=message.exchange,
-            routing_key=message.routing_key,
-        )  # fmt: skip
-        self.conn.write(build_method(self.number, method))
+        self.conn.write(fastpath.return_frame(
+            self.number, code, text, message.exchange, message.routing_key
+        ))  # fmt: skip
         self.conn.write_many(
             build_content(
                 self.number, message.header, message.body, self.conn.frame_max
@@ -373,12 +385,10 @@ class ChannelMachine:
             consumer.unacked += 1
         message = entry.message
         conn = self.conn
-        conn.write(fastpath.deliver_frame(
-            self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk
+        conn.write(fastpath.deliver_message(
+            self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk,
+            message.header, message.body, conn.frame_max,
         ))  # fmt: skip
-        conn.write_many(
-            build_content(self.number, message.header, message.body, conn.frame_max)
-        )
 
     def cancel_by_server(self, consumer: Consumer) -> None:
         if self.consumers.pop(consumer.tag, None) is None:
@@ -567,9 +577,8 @@ class ChannelMachine:
             self.conn.exclusive_queues[queue.name] = queue
         self.last_queue = queue.name
         if not m.nowait:
-            self.send(spec.Queue.DeclareOk(
-                queue=queue.name, message_count=queue.message_count,
-                consumer_count=queue.consumer_count,
+            self.conn.write(fastpath.declare_ok_frame(
+                self.number, queue.name, queue.message_count, queue.consumer_count
             ))  # fmt: skip
 
     def _on_queue_bind(self, m: spec.Queue.Bind) -> None:
@@ -611,7 +620,8 @@ class ChannelMachine:
         else:
             self.prefetch_count = m.prefetch_count
         self.send(spec.Basic.QosOk())
-        self._redispatch({})
+        # every consumer's queue, also when the global limit was just lifted
+        self._redispatch({id(c.queue): c.queue for c in self.consumers.values()})
 
     def _on_consume(self, m: spec.Basic.Consume) -> None:
         if m.queue == REPLY_TO:

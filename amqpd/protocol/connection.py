@@ -27,9 +27,9 @@ from amqpd.codec.frames import (
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
+    FRAME_HEAD,
     PROTOCOL_HEADER,
     build_method,
-    split_frames,
 )
 from amqpd.errors import (
     AMQPError,
@@ -41,7 +41,6 @@ from amqpd.errors import (
     InternalError,
     NotAllowed,
     NotImplemented_,
-    SyntaxError_,
     UnexpectedFrame,
 )
 from amqpd.protocol.channel import CLOSING, ChannelMachine
@@ -71,6 +70,7 @@ CAPABILITIES = {
     "direct_reply_to": True,
 }
 _PUBLISH, _ACK = fastpath.BASIC_PUBLISH, fastpath.BASIC_ACK
+FRAME_HEAD_UNPACK = FRAME_HEAD.unpack_from
 
 
 class ConnectionMachine:
@@ -123,10 +123,12 @@ class ConnectionMachine:
         if not self.output:
             self._wake()
         output = self.output
-        before = len(output)
-        output += parts
-        self.output_size += sum(len(p) for p in output[before:])
-        if self.output_size > self.output_limit:
+        size = self.output_size
+        for part in parts:
+            output.append(part)
+            size += len(part)
+        self.output_size = size
+        if size > self.output_limit:
             self.saturated = True
 
     def take_output(self) -> bytes:
@@ -161,19 +163,35 @@ class ConnectionMachine:
                 return
             del buf[:8]
             self._send_start()
+        # the loop of codec.frames.split_frames, inlined: this is the
+        # hottest loop of the broker and a list of tuples per chunk costs
+        pos = 0
+        end = len(buf)
+        frame_max = self.frame_max
+        unpack_from = FRAME_HEAD_UNPACK
+        on_frame = self._on_frame
         try:
-            frames, used = split_frames(buf, self.frame_max)
-        except FrameError as exc:
-            self._fail(exc)
-            return
-        if used:
-            del buf[:used]
-        try:
-            for ftype, number, payload in frames:
+            while end - pos >= 7:
+                ftype, number, size = unpack_from(buf, pos)
+                if size + 8 > frame_max:
+                    self._fail(FrameError(
+                        f"frame of {size + 8} bytes exceeds frame_max {frame_max}"
+                    ))  # fmt: skip
+                    break
+                stop = pos + 7 + size
+                if stop >= end:
+                    break
+                if buf[stop] != 0xCE:
+                    self._fail(FrameError(f"bad frame-end octet {buf[stop]:#x}"))
+                    break
+                payload = bytes(buf[pos + 7 : stop])
+                pos = stop + 1
+                on_frame(ftype, number, payload)
                 if self.state == CLOSED:
                     break
-                self._on_frame(ftype, number, payload)
         finally:
+            if pos:
+                del buf[:pos]
             if self.confirms_pending:
                 for channel in self.confirms_pending:
                     channel.flush_confirms()
@@ -189,7 +207,9 @@ class ConnectionMachine:
                     mid = fastpath.method_id(payload)
                     if mid == _PUBLISH:
                         channel.on_publish(payload)
-                    elif mid == _ACK:
+                    elif mid == _ACK and len(payload) >= 13 and not channel.assembly:
+                        # a short ack, or one inside content, takes the pamqp
+                        # path below and gets the same answer as other methods
                         channel.ack(*fastpath.decode_ack(payload))
                     else:
                         channel.on_method(self._decode(payload))
@@ -229,12 +249,17 @@ class ConnectionMachine:
         except AMQPError:
             raise
         except (ValueError, IndexError, UnicodeDecodeError, TypeError) as exc:
-            raise SyntaxError_(f"malformed method frame: {exc}") from None
+            error: Exception = exc
         except pamqp_exceptions.PAMQPException as exc:
-            raise SyntaxError_(f"malformed method frame: {exc}") from None
+            error = exc
         except Exception as exc:  # pamqp raises assorted errors on bad input
-            raise SyntaxError_(f"malformed method frame: {exc}") from None
-        return method
+            error = exc
+        else:
+            return method
+        # RabbitMQ answers a method it cannot decode with 501 naming the method
+        raise FrameError(
+            f"cannot decode method frame: {error}", mid >> 16, mid & 0xFFFF
+        )
 
     def _on_closing_channel_frame(
         self, channel: ChannelMachine, ftype: int, payload: bytes
@@ -253,7 +278,10 @@ class ConnectionMachine:
         if ftype != FRAME_METHOD:
             if ftype == FRAME_HEARTBEAT:
                 raise FrameError("heartbeat frame on a non-zero channel")
-            raise ChannelErrorHard(f"frame on unopened channel {number}")
+            raise UnexpectedFrame(
+                f"expected a method frame on unopened channel {number}, "
+                f"got frame type {ftype}"
+            )
         method = self._decode(payload)
         if isinstance(method, spec.Channel.Open):
             if number > self.channel_max:
@@ -265,12 +293,11 @@ class ConnectionMachine:
                 )
             self.channels[number] = ChannelMachine(self, number)
             self.write(build_method(number, spec.Channel.OpenOk()))
-        elif isinstance(method, spec.Channel.CloseOk):
-            return  # a late close-ok for a channel we already forgot
         else:
+            # a close-ok too: RabbitMQ forgets a channel once closed, as we do
             raise ChannelErrorHard(
                 f"expected 'channel.open' on channel {number}, got '{method.name}'",
-                method.frame_id,
+                method.index >> 16,
                 method.index & 0xFFFF,
             )
 
@@ -327,7 +354,7 @@ class ConnectionMachine:
         else:
             raise CommandInvalid(
                 f"unexpected method {method.name} in state {self.state}",
-                method.frame_id,
+                method.index >> 16,
                 method.index & 0xFFFF,
             )
 
@@ -397,6 +424,7 @@ class ConnectionMachine:
             exc = ConnectionAccessRefused(text)
             self.write(build_method(0, spec.Connection.Close(
                 reply_code=exc.reply_code, reply_text=exc.reply_text,
+                class_id=0, method_id=0,
             )))  # fmt: skip
         self._close_socket()
 
