@@ -500,3 +500,84 @@ def test_pika_asyncio_adapter_consumes_nacks_and_acks(
         (b"1", 1, False), (b"2", 2, False), (b"3", 3, False), (b"2", 4, True),
         (b"ready", 0, False),
     ]  # fmt: skip
+
+
+def test_ack_of_tag_zero_without_multiple_closes_channel_406(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        publish_numbers(ch, queue, 1, 1)
+        get_tags(ch, queue, 1)
+        error = _expect_channel_error(ch, lambda: ch.basic_ack(0))
+
+    assert error.reply_code == 406
+    assert error.reply_text == "PRECONDITION_FAILED - unknown delivery tag 0"
+
+
+def test_messages_of_a_cancelled_consumer_can_still_be_acked(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        seen: list[int] = []
+        tag = ch.basic_consume(queue, lambda _c, m, _p, _b: seen.append(m.delivery_tag))
+        publish_numbers(ch, queue, 1, 2)
+        ready_count(ch, queue)
+        ch.connection.process_data_events(0)
+        ch.basic_cancel(tag)
+        ch.basic_ack(seen[0])
+        other = ch.connection.channel()
+        ch.close()
+
+        assert seen == [1, 2]
+        assert drain(other, queue) == [(b"2", True)]
+
+
+def test_unacked_of_closed_channel_go_to_the_other_consumer_redelivered(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        first = ch.connection.channel()
+        first.basic_qos(prefetch_count=2)
+        first.basic_consume(queue, lambda *_: None)
+        seen: list[Got] = []
+        ch.basic_qos(prefetch_count=2)
+        ch.basic_consume(queue, lambda _c, m, _p, b: seen.append((b, m.redelivered)))
+        publish_numbers(ch, queue, 1, 4)  # 1 and 3 to first, 2 and 4 to ch
+        ready_count(ch, queue)
+        ch.connection.process_data_events(0)
+        assert seen == [(b"2", False), (b"4", False)]
+
+        ch.basic_ack(0, multiple=True)
+        first.close()
+        ready_count(ch, queue)
+        ch.connection.process_data_events(0)
+
+    assert seen[2:] == [(b"1", True), (b"3", True)]
+
+
+def test_delivery_tags_restart_on_a_reopened_channel(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with RawClient(amqpd_session_broker.port) as client:
+        client.handshake()
+        client.open_channel(1)
+        client.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
+        queue = client.expect(spec.Queue.DeclareOk, 1).queue
+        tags = []
+        for _ in range(2):
+            client.publish(1, "", queue, b"x")
+            client.send_method(1, spec.Basic.Get(queue=queue, no_ack=True))
+            tags.append(client.expect(spec.Basic.GetOk, 1).delivery_tag)
+            client.expect(ContentHeader, 1)
+            client.expect(ContentBody, 1)
+        client.send_method(1, spec.Channel.Close(200, "OK", 0, 0))
+        client.expect(spec.Channel.CloseOk, 1)
+        client.open_channel(1)
+        client.publish(1, "", queue, b"y")
+        client.send_method(1, spec.Basic.Get(queue=queue, no_ack=True))
+        tags.append(client.expect(spec.Basic.GetOk, 1).delivery_tag)
+
+    assert tags == [1, 2, 1]

@@ -523,3 +523,80 @@ def test_queue_unbind_always_replies(amqpd_session_broker: BrokerThread) -> None
         client.expect(spec.Queue.UnbindOk, 1)
         client.publish(1, "amq.direct", "k", b"unrouted")
         assert _sync_declare_queue(client, queue).message_count == 0
+
+
+def test_cancel_of_unknown_consumer_tag_still_answers_cancel_ok(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with raw_channel(amqpd_session_broker) as client:
+        client.send_method(1, spec.Basic.Cancel(consumer_tag="never-was"))
+        cancel_ok = client.expect(spec.Basic.CancelOk, 1)
+        client.send_method(1, spec.Basic.Qos(prefetch_count=1))
+        client.expect(spec.Basic.QosOk, 1)  # the channel is still open
+
+    assert cancel_ok.consumer_tag == "never-was"
+
+
+def test_deleting_a_consumed_queue_sends_basic_cancel_to_the_consumer(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    queue = unique("cancel-notify")
+    with raw_channel(amqpd_session_broker) as client:
+        client.send_method(1, spec.Queue.Declare(queue=queue))
+        client.expect(spec.Queue.DeclareOk, 1)
+        client.send_method(1, spec.Basic.Consume(queue=queue, consumer_tag="gone"))
+        client.expect(spec.Basic.ConsumeOk, 1)
+        with pika_channel(amqpd_session_broker) as ch:
+            ch.queue_delete(queue)
+        cancel = client.expect(spec.Basic.Cancel, 1)
+
+    assert cancel.consumer_tag == "gone"
+
+
+def test_changing_consumer_prefetch_affects_only_later_consumers(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        ch.basic_qos(prefetch_count=1)
+        log: list[Delivery] = []
+        ch.basic_consume(queue, recorder(log), consumer_tag="old")
+        ch.basic_qos(prefetch_count=3)
+        publish_numbers(ch, queue, 6)
+        assert settle(ch, queue) == (5, 1)
+        ch.basic_consume(queue, recorder(log), consumer_tag="new")
+        assert settle(ch, queue) == (2, 2)
+
+    assert [(d[0], d[3]) for d in log] == [
+        ("old", b"1"), ("new", b"2"), ("new", b"3"), ("new", b"4"),
+    ]  # fmt: skip
+
+
+def test_raising_global_prefetch_releases_more_deliveries(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        ch.basic_qos(prefetch_count=1, global_qos=True)
+        log: list[Delivery] = []
+        ch.basic_consume(queue, recorder(log))
+        publish_numbers(ch, queue, 5)
+        assert settle(ch, queue) == (4, 1)
+        ch.basic_qos(prefetch_count=3, global_qos=True)
+        assert settle(ch, queue) == (2, 1)
+        ch.basic_qos(prefetch_count=0, global_qos=True)
+        assert settle(ch, queue) == (0, 1)
+
+    assert [d[3] for d in log] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_publish_with_immediate_closes_connection_540(
+    amqpd_broker: BrokerThread,
+) -> None:
+    with raw_channel(amqpd_broker) as client:
+        client.publish(1, "", "anything", b"now", immediate=True)
+        close = client.expect_close()
+
+    assert close.reply_code == 540
+    assert close.reply_text == "NOT_IMPLEMENTED - immediate=true"
+    assert (close.class_id, close.method_id) == (60, 40)
