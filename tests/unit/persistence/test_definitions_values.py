@@ -61,7 +61,7 @@ field_values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(field_values)
 def test_tagged_json_round_trips_every_value_with_its_type(value: Any) -> None:
     stored = json.loads(dumps(to_tagged(value)))
@@ -69,7 +69,7 @@ def test_tagged_json_round_trips_every_value_with_its_type(value: Any) -> None:
     assert typed(from_tagged(stored)) == typed(value)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), field_values, max_size=5))
 def test_table_key_ignores_key_order(table: dict[str, Any]) -> None:
     reordered = dict(reversed(list(table.items())))
