@@ -372,3 +372,44 @@ def test_mandatory_unroutable_in_transaction_is_returned_before_commit_ok(
         spec.Basic.Return, ContentHeader, ContentBody, spec.Tx.CommitOk,
     ]  # fmt: skip
     assert frames[0].reply_code == 312 and frames[2].value == b"back"
+
+
+def confirm_outcomes(client: RawClient, count: int) -> dict[int, str]:
+    """Read confirms until publishes 1..count each have one: "ack" or "nack".
+
+    A multiple confirm covers every earlier tag not yet confirmed.
+    """
+    outcomes: dict[int, str] = {}
+    for _ in range(1000):
+        if len(outcomes) == count:
+            return outcomes
+        received = client.expect(spec.Basic.Ack | spec.Basic.Nack, 1)
+        kind = "ack" if isinstance(received, spec.Basic.Ack) else "nack"
+        tag = received.delivery_tag
+        if not received.multiple:
+            assert tag not in outcomes, f"tag {tag} confirmed twice"
+            outcomes[tag] = kind
+            continue
+        for earlier in range(1, tag + 1):
+            outcomes.setdefault(earlier, kind)
+    raise AssertionError(f"confirms incomplete: {outcomes}")
+
+
+def test_publishes_a_full_queue_refuses_are_nacked_the_rest_acked(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with raw_confirm_channel(amqpd_session_broker) as (client, _queue):
+        client.send_method(1, spec.Queue.Declare(
+            queue="", exclusive=True,
+            arguments={"x-max-length": 2, "x-overflow": "reject-publish"},
+        ))  # fmt: skip
+        full = client.expect(spec.Queue.DeclareOk, 1).queue
+        for i in range(5):
+            client.publish(1, "", full, b"%d" % i)
+        client.publish(1, "", "no-queue-by-this-name", b"unroutable")
+        outcomes = confirm_outcomes(client, 6)
+        client.send_method(1, spec.Queue.Declare(queue=full, passive=True))
+        declare_ok = client.expect(spec.Queue.DeclareOk, 1)
+
+    assert outcomes == {1: "ack", 2: "ack", 3: "nack", 4: "nack", 5: "nack", 6: "ack"}
+    assert declare_ok.message_count == 2
