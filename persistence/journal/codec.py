@@ -39,7 +39,15 @@ class RecordCodec:
 
     def encode(self, record: Record) -> bytes:
         """Return the frame bytes for ``record``."""
-        kind = record.kind
+        flags, payload = self.seal(record)
+        return fmt.build_frame(record.kind, flags, payload)
+
+    def seal(self, record: Record) -> tuple[int, bytes]:
+        """Return the flags and the stored payload (compressed, encrypted).
+
+        The frame is then ``fmt.OVERHEAD`` bytes longer than the payload;
+        ``fmt.append_frame`` writes it.
+        """
         payload = encode_payload(record)
         flags = fmt.CODEC_RAW
         if self._threshold is not None and len(payload) > self._threshold:
@@ -49,8 +57,8 @@ class RecordCodec:
         if self._seal:
             assert self._keyring is not None
             flags |= fmt.ENCRYPTED
-            payload = self._keyring.seal(payload, bytes((kind, flags)))
-        return fmt.build_frame(kind, flags, payload)
+            payload = self._keyring.seal(payload, bytes((record.kind, flags)))
+        return flags, payload
 
     def decode(self, frame: fmt.Frame, where: str) -> Record:
         """Return the record in an intact frame; ``where`` names it in errors.

@@ -34,7 +34,7 @@ from .codec import RecordCodec
 from .compaction import CompactionPlan, plan_compaction, rewrite_segment
 from .errors import JournalClosed, JournalError, JournalFailed, RecordRejected
 from .filelayer import FileLayer
-from .format import SEGMENT_HEADER_SIZE
+from .format import OVERHEAD, SEGMENT_HEADER_SIZE
 from .interface import DurableCallback, JournalOptions, JournalStatistics
 from .keyring import Keyring
 from .ledger import Ledger
@@ -229,8 +229,8 @@ class DiskJournal:
         """
         if self._closed or not self._opened or self._failure is not None:
             self._refuse()
-        frame = self._codec.encode(record)
-        size = len(frame)
+        flags, payload = self._codec.seal(record)
+        size = len(payload) + OVERHEAD
         tail, offset = self._tail, self._tail_offset
         previous = None
         if offset + size > self.options.segment_size and offset > SEGMENT_HEADER_SIZE:
@@ -245,7 +245,7 @@ class DiskJournal:
         tail.total_bytes += size
         self._tail_offset = offset + size
         self._lsn += 1
-        self._pending.add(tail.segment_id, frame, self._lsn)
+        self._pending.add(tail.segment_id, record.kind, flags, payload, self._lsn)
         if not self._wake_pending:
             self._wake()
         return self._lsn

@@ -101,9 +101,19 @@ def segment_version(data: bytes) -> int | None:
 
 def build_frame(kind: int, flags: int, payload: bytes) -> bytes:
     """Return the full record bytes: header, payload and trailing length."""
-    prefix = _PREFIX.pack(MARKER, kind, flags, 0, len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(prefix))
-    return b"".join((prefix, _CRC.pack(crc), payload, _TRAILER.pack(len(payload))))
+    out = bytearray()
+    append_frame(out, kind, flags, payload)
+    return bytes(out)
+
+
+def append_frame(out: bytearray, kind: int, flags: int, payload: bytes) -> None:
+    """Append the full record bytes to ``out`` (no intermediate copy)."""
+    length = len(payload)
+    prefix = _PREFIX.pack(MARKER, kind, flags, 0, length)
+    out += prefix
+    out += _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix)))
+    out += payload
+    out += _TRAILER.pack(length)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .filelayer import FileLayer
-from .format import segment_header
+from .format import OVERHEAD, append_frame, segment_header
 from .segment import segment_name
 
 
@@ -28,14 +28,18 @@ class Batch:
         self.last_lsn = 0
         self.size = 0
 
-    def add(self, segment_id: int, frame: bytes, lsn: int) -> None:
-        """Append ``frame`` (bound for ``segment_id``) as position ``lsn``."""
+    def add(
+        self, segment_id: int, kind: int, flags: int, payload: bytes, lsn: int
+    ) -> None:
+        """Append a record bound for ``segment_id`` as position ``lsn``."""
         chunks = self.chunks
         if chunks and chunks[-1][0] == segment_id:
-            chunks[-1][1].extend(frame)
+            buffer = chunks[-1][1]
         else:
-            chunks.append((segment_id, bytearray(frame)))
-        self.size += len(frame)
+            buffer = bytearray()
+            chunks.append((segment_id, buffer))
+        append_frame(buffer, kind, flags, payload)
+        self.size += len(payload) + OVERHEAD
         self.last_lsn = lsn
 
     def __bool__(self) -> bool:
