@@ -44,6 +44,12 @@ class Config:
     # users allowed from loopback only (RabbitMQ's loopback_users)
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])
     policies: list[dict[str, Any]] = field(default_factory=list)
+    # resource alarms: publishers are blocked while the process RSS is above
+    # the watermark (a fraction of RAM when <= 1, else bytes) or the data
+    # directory's disk has less free space than disk_free_limit bytes
+    memory_high_watermark: float = 0.4
+    disk_free_limit: int = 50_000_000
+    alarm_check_interval: float = 1.0
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -96,6 +102,14 @@ def _coerce(key: str, name: str, value: Any) -> Any:
     if name == "loopback_users":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("'loopback_users' must be a list of user names")
+        return value
+    if name in ("memory_high_watermark", "alarm_check_interval"):
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"'{key}' must be a positive number")
+        return float(value)
+    if name == "disk_free_limit":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"'{key}' must be a non-negative integer of bytes")
         return value
     if name == "policies":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):

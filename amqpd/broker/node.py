@@ -28,6 +28,15 @@ class Node:
         self.cluster_name = "amqpd@" + socket.gethostname()
         # direct reply-to: token -> the channel that consumes its replies
         self.reply_channels: dict[str, Any] = {}
+        # resource alarms in force ("memory", "disk"); see server/alarms.py
+        self.alarms: set[str] = set()
+
+    def alarm_changed(self, reason: str) -> None:
+        """Tell every connection that an alarm went on or off ('' = off)."""
+        for driver in list(self.connections):
+            conn = getattr(driver, "conn", None)
+            if conn is not None:
+                conn.on_alarm(reason)
 
     def ensure_defaults(self) -> None:
         """The default vhost and user, created only when there are none."""

@@ -24,10 +24,10 @@ from amqpd.auth.users import is_loopback
 from amqpd.codec import fastpath
 from amqpd.codec.frames import (
     FRAME_BODY,
+    FRAME_HEAD,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
-    FRAME_HEAD,
     PROTOCOL_HEADER,
     build_method,
 )
@@ -107,6 +107,9 @@ class ConnectionMachine:
         self.client_properties: dict[str, Any] = {}
         self.consumer_cancel_notify = False
         self.auth_failure_close = False
+        self.blocked_capable = False
+        self.has_published = False  # publishers are the ones alarms block
+        self.blocked_reason = ""  # connection.blocked sent with this reason
         self._mechanism = ""
 
     # output
@@ -206,6 +209,12 @@ class ConnectionMachine:
                 elif ftype == FRAME_METHOD:
                     mid = fastpath.method_id(payload)
                     if mid == _PUBLISH:
+                        if not self.has_published:
+                            self.has_published = True
+                            if self.node.alarms:
+                                self.on_alarm(
+                                    f"low on {' and '.join(sorted(self.node.alarms))}"
+                                )
                         channel.on_publish(payload)
                     elif mid == _ACK and len(payload) >= 13 and not channel.assembly:
                         # a short ack, or one inside content, takes the pamqp
@@ -381,6 +390,7 @@ class ConnectionMachine:
         if isinstance(caps, dict):
             self.consumer_cancel_notify = bool(caps.get("consumer_cancel_notify"))
             self.auth_failure_close = bool(caps.get("authentication_failure_close"))
+            self.blocked_capable = bool(caps.get("connection.blocked"))
         if m.mechanism not in sasl.MECHANISMS.split():
             raise ConnectionAccessRefused(
                 f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
@@ -484,6 +494,24 @@ class ConnectionMachine:
             self._close_socket()
             return
         self._fail(ConnectionForced(text))
+
+    def on_alarm(self, reason: str) -> None:
+        """A resource alarm went on (reason) or off (''): connection.blocked
+        and connection.unblocked for clients that asked for them."""
+        if self.state != OPENED:
+            return
+        if reason and self.has_published and self.blocked_capable:
+            if not self.blocked_reason:
+                self.write(build_method(0, spec.Connection.Blocked(reason=reason)))
+            self.blocked_reason = reason
+        elif not reason and self.blocked_reason:
+            self.blocked_reason = ""
+            self.write(build_method(0, spec.Connection.Unblocked()))
+
+    @property
+    def blocked_by_alarm(self) -> bool:
+        """True while an alarm is on and this connection publishes."""
+        return bool(self.node.alarms) and self.has_published
 
     def release(self) -> None:
         """Release channels and exclusive queues (idempotent)."""

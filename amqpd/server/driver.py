@@ -19,6 +19,7 @@ from amqpd.protocol.connection import CLOSING_CONN, OPENED, ConnectionMachine
 
 if TYPE_CHECKING:
     from amqpd.broker.node import Node
+    from amqpd.server.alarms import AlarmMonitor
 
 log = logging.getLogger("amqpd.connection")
 
@@ -44,9 +45,13 @@ def _peer(stream: SocketStream) -> tuple[str, int]:
 class ConnectionDriver:
     """Runs one accepted socket until it closes."""
 
-    def __init__(self, node: Node, stream: SocketStream) -> None:
+    def __init__(
+        self, node: Node, stream: SocketStream, alarms: AlarmMonitor | None = None
+    ) -> None:
         self.node = node
         self.stream = stream
+        self.alarms = alarms
+        self.paused = False  # not reading: heartbeat checks are suspended
         self._output_ready = anyio.Event()
         self._drained = anyio.Event()
         self.conn = ConnectionMachine(node, _peer(stream), self._wake)
@@ -88,8 +93,19 @@ class ConnectionDriver:
                 # a client that does not read its deliveries: stop reading its
                 # input too until its output drains
                 self._drained = anyio.Event()
-                await self._drained.wait()
+                await self._pause(self._drained)
+            while self.alarms is not None and conn.blocked_by_alarm and not conn.closed:
+                # a resource alarm: publishers are not read from until it clears
+                await self._pause(self.alarms.cleared)
         await anyio.sleep_forever()  # the writer flushes, then cancels us
+
+    async def _pause(self, event: anyio.Event) -> None:
+        self.paused = True
+        try:
+            await event.wait()
+        finally:
+            self.paused = False
+            self.last_received = time.monotonic()
 
     async def _write_loop(self) -> None:
         conn = self.conn
@@ -133,7 +149,7 @@ class ConnectionDriver:
                 continue
             if not interval:
                 continue
-            if now - self.last_received > 2 * interval:
+            if not self.paused and now - self.last_received > 2 * interval:
                 log.warning(
                     "missed heartbeats from client %s, timeout: %ds",
                     conn.name, interval,

@@ -21,6 +21,7 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from amqpd.broker.node import Node
 from amqpd.config import Config
+from amqpd.server.alarms import AlarmMonitor
 from amqpd.server.driver import ConnectionDriver
 
 log = logging.getLogger("amqpd.server")
@@ -99,6 +100,7 @@ class Broker:
         self._lock: DataDirLock | None = None
         self._temp_dir: str | None = None
         self.addresses: list[str] = []
+        self.alarms: AlarmMonitor | None = None
         self.port = 0
 
     @property
@@ -143,8 +145,11 @@ class Broker:
         except BaseException:
             await self._cleanup()
             raise
+        self.alarms = AlarmMonitor(self.node, self.data_dir)
+        self.alarms.check()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self.alarms.run)
         for listener in self._listeners:
             self._tg.start_soon(self._accept, listener)
         log.info("amqpd ready: listening on %s", ", ".join(self.addresses))
@@ -188,7 +193,7 @@ class Broker:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        await ConnectionDriver(self.node, stream).run()
+        await ConnectionDriver(self.node, stream, self.alarms).run()
 
     async def aclose(self) -> None:
         """Stop accepting, close connections with 320, release everything."""
