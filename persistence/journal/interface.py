@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Literal, Protocol
 
 from .codec import (
@@ -108,6 +109,19 @@ class Journal(Protocol):
     @property
     def durable_lsn(self) -> int:
         """Every record up to this lsn is durable."""
+        ...
+
+    async def __aenter__(self) -> Journal:
+        """Start the writer (after ``recover``)."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """``aclose``, then stop the writer."""
         ...
 
     def recover(self) -> RecoveredState:

@@ -60,8 +60,9 @@ class MemoryJournal:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         await self.aclose()
+        return None
 
     async def aclose(self) -> None:
         """Stop taking appends and give the store back."""

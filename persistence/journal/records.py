@@ -174,8 +174,11 @@ def encode_payload(record: Record) -> bytes:
     Raises RecordRejected when a field does not fit its slot (a priority
     above 255, a negative id, a queue key longer than 65535 bytes).
     """
+    encoder = _ENCODERS.get(type(record))
+    if encoder is None:
+        raise TypeError(f"not a journal record: {record!r}")
     try:
-        return _ENCODERS[type(record)](record)
+        return encoder(record)
     except (struct.error, OverflowError) as exc:
         raise RecordRejected(f"{record.kind.name} does not fit: {exc}") from None
 
@@ -218,7 +221,7 @@ def _collect(record: Record, numbers: list[tuple[int, int]], texts: list[str]) -
     elif isinstance(record, DeliveryCountRecord):
         numbers += [(record.message_id, _U64), (record.count, _U32)]
         texts.append(record.queue)
-    else:
+    elif isinstance(record, MoveRecord):
         numbers += [(record.message_id, _U64), (len(record.targets), 2**16)]
         texts.append(record.source)
         for target in record.targets:
@@ -226,6 +229,8 @@ def _collect(record: Record, numbers: list[tuple[int, int]], texts: list[str]) -
             texts.append(target.queue)
         if record.message is not None:
             _collect(record.message, numbers, texts)
+    else:
+        raise TypeError(f"not a journal record: {record!r}")
 
 
 def decode_payload(kind: int, payload: bytes) -> Record:

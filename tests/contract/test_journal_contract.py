@@ -454,3 +454,12 @@ def test_random_operations_match_a_model_across_reopens(
         live = stats_journal.statistics()
         stats_journal.close()
         assert live.live_bytes >= 0.45 * (live.total_bytes - 16 * live.segments)
+
+
+def test_both_journals_follow_the_interface(tmp_path: Path) -> None:
+    journals: list[Journal] = [DiskJournal(tmp_path), MemoryJournal()]
+    for journal in journals:
+        journal.recover()
+        with pytest.raises(TypeError, match="not a journal record"):
+            journal.append("MESSAGE 1")  # type: ignore[arg-type]
+        journal.close()

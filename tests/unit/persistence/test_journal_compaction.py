@@ -15,7 +15,6 @@ from amqpd.persistence.journal import (
     JournalOptions,
     MessageRecord,
     Record,
-    RecordKind,
     check,
 )
 from amqpd.persistence.journal.codec import RecordCodec
@@ -40,7 +39,7 @@ def records_in(path: Path) -> list[Record]:
 
 
 def messages_in(path: Path) -> list[int]:
-    return [r.message_id for r in records_in(path) if r.kind is RecordKind.MESSAGE]
+    return [r.message_id for r in records_in(path) if isinstance(r, MessageRecord)]
 
 
 def live_ids(directory: Path) -> list[int]:

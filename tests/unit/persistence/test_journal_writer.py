@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -113,13 +114,14 @@ async def publish_concurrently(
     """Publishers await their own confirms; returns (lsn, synced bytes) seen."""
     confirms: list[tuple[int, int]] = []
 
-    def confirm(lsn: int) -> None:
+    def confirmed(lsn: int, error: JournalError | None) -> None:
+        assert error is None
         confirms.append((lsn, layer.synced_bytes(segment)))
 
     async def publisher(start: int) -> None:
         for mid in range(start, start + each):
             lsn = journal.append_many(message(mid))
-            journal.on_durable(lsn, lambda error, lsn=lsn: confirm(lsn))
+            journal.on_durable(lsn, functools.partial(confirmed, lsn))
             await journal.commit(lsn)
 
     async with anyio.create_task_group() as group:
