@@ -9,6 +9,7 @@ classic queues do the same).
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,16 @@ def pika_channel(broker: BrokerThread) -> Iterator[BlockingChannel]:
     finally:
         if conn.is_open:
             conn.close()
+
+
+@contextmanager
+def raw_channel(broker: BrokerThread) -> Iterator[RawClient]:
+    """A raw connection with channel 1 open (no Nagle delay on our side)."""
+    with RawClient(broker.port) as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.handshake()
+        client.open_channel(1)
+        yield client
 
 
 @contextmanager
@@ -418,9 +429,7 @@ def test_unacked_messages_of_dropped_socket_are_requeued(
     with shared_queue(amqpd_session_broker) as queue:
         with pika_channel(amqpd_session_broker) as ch:
             publish_numbers(ch, queue, 1, 2)
-            with RawClient(amqpd_session_broker.port) as client:
-                client.handshake()
-                client.open_channel(1)
+            with raw_channel(amqpd_session_broker) as client:
                 client.send_method(1, spec.Basic.Consume(queue=queue))
                 client.expect(spec.Basic.ConsumeOk, 1)
                 for _ in range(2):
@@ -561,9 +570,7 @@ def test_unacked_of_closed_channel_go_to_the_other_consumer_redelivered(
 def test_delivery_tags_restart_on_a_reopened_channel(
     amqpd_session_broker: BrokerThread,
 ) -> None:
-    with RawClient(amqpd_session_broker.port) as client:
-        client.handshake()
-        client.open_channel(1)
+    with raw_channel(amqpd_session_broker) as client:
         client.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
         queue = client.expect(spec.Queue.DeclareOk, 1).queue
         tags = []

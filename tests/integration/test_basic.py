@@ -10,6 +10,7 @@ publishes caused has already been written before it.
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ def pika_channel(broker: BrokerThread) -> Iterator[BlockingChannel]:
 @contextmanager
 def raw_channel(broker: BrokerThread) -> Iterator[RawClient]:
     with RawClient(broker.port) as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.handshake()
         client.open_channel(1)
         yield client

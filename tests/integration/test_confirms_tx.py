@@ -9,6 +9,7 @@ publishes and undoes the acks, as in RabbitMQ.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,11 +37,19 @@ def pika_channel(broker: BrokerThread) -> Iterator[BlockingChannel]:
 
 
 @contextmanager
-def raw_confirm_channel(broker: BrokerThread) -> Iterator[tuple[RawClient, str]]:
-    """A raw connection with channel 1 in confirm mode and an exclusive queue."""
+def raw_channel(broker: BrokerThread) -> Iterator[RawClient]:
+    """A raw connection with channel 1 open (no Nagle delay on our side)."""
     with RawClient(broker.port) as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.handshake()
         client.open_channel(1)
+        yield client
+
+
+@contextmanager
+def raw_confirm_channel(broker: BrokerThread) -> Iterator[tuple[RawClient, str]]:
+    """A raw connection with channel 1 in confirm mode and an exclusive queue."""
+    with raw_channel(broker) as client:
         client.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
         queue = client.expect(spec.Queue.DeclareOk, 1).queue
         client.send_method(1, spec.Confirm.Select())
@@ -168,9 +177,7 @@ def test_single_publish_gets_single_ack_without_multiple(
 def test_confirm_numbering_starts_at_select_and_nowait_sends_no_reply(
     amqpd_session_broker: BrokerThread,
 ) -> None:
-    with RawClient(amqpd_session_broker.port) as client:
-        client.handshake()
-        client.open_channel(1)
+    with raw_channel(amqpd_session_broker) as client:
         client.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
         queue = client.expect(spec.Queue.DeclareOk, 1).queue
         client.publish(1, "", queue, b"before select")
@@ -359,9 +366,7 @@ def test_nack_without_requeue_in_transaction_drops_on_commit(
 def test_mandatory_unroutable_in_transaction_is_returned_before_commit_ok(
     amqpd_session_broker: BrokerThread,
 ) -> None:
-    with RawClient(amqpd_session_broker.port) as client:
-        client.handshake()
-        client.open_channel(1)
+    with raw_channel(amqpd_session_broker) as client:
         client.send_method(1, spec.Tx.Select())
         client.expect(spec.Tx.SelectOk, 1)
         client.publish(1, "", "nowhere-at-all", b"back", mandatory=True)

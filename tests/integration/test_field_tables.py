@@ -5,6 +5,7 @@ of every type, empty bodies and bodies split over many frames.
 from __future__ import annotations
 
 import datetime
+import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ def pika_channel(broker: BrokerThread) -> Iterator[BlockingChannel]:
 @contextmanager
 def raw_channel(broker: BrokerThread, frame_max: int = 131072) -> Iterator[RawClient]:
     with RawClient(broker.port) as client:
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.handshake(frame_max=frame_max)
         client.open_channel(1)
         yield client
