@@ -114,7 +114,9 @@ class DiskJournal:
         """
         if self._opened or self._closed:
             raise JournalError("recover() runs once, first")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True)
+            self._layer.fsync_directory(self.directory.parent)
         self._lock_fd = self._layer.lock(self.directory)
         try:
             result = replay(

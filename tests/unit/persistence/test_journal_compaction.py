@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,19 @@ def test_crash_keeps_what_was_flushed(tmp_path: Path) -> None:
 
     assert [m.message.message_id for m in state.queues["q"]] == list(range(1, 11))
     assert state.report.clean
+
+
+def test_record_larger_than_a_segment_gets_a_segment_of_its_own(
+    tmp_path: Path,
+) -> None:
+    journal = opened(tmp_path)
+    journal.append_many(message(1))
+    noise = random.Random(1).randbytes(16384)  # incompressible
+    big = MessageRecord(2, "ex", "rk", b"header", noise)
+    journal.append_many([big, EnqueueRecord("q", 2, 2)])
+    journal.append_many(message(3))
+    journal.close()
+
+    assert messages_in(seg(tmp_path, 2)) == [2]
+    assert seg(tmp_path, 2).stat().st_size > OPTIONS.segment_size
+    assert live_ids(tmp_path) == [1, 2, 3]
