@@ -7,6 +7,7 @@ in a ``finally`` block whatever happens.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -24,6 +25,7 @@ import pytest
 from pika.exceptions import ConnectionClosedByBroker
 
 from amqpd import __version__
+from amqpd.config import Config
 
 READY = re.compile(r"amqpd ready: listening on (.+)$")
 START_TIMEOUT = 15.0
@@ -455,3 +457,15 @@ def test_stop_signal_without_clients_exits_0_and_frees_the_port(
     assert broker.wait_exit() == 0
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+# documentation
+
+
+def test_every_config_key_is_in_the_configuration_reference() -> None:
+    reference = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    text = reference.read_text()
+    missing = [
+        f.name for f in dataclasses.fields(Config) if f"| `{f.name}` |" not in text
+    ]
+    assert missing == [], "add these keys to docs/configuration.md"
