@@ -318,7 +318,9 @@ class DiskJournal:
                 self._complete(batch.last_lsn)
             while plan is not None:
                 self._finish(plan, self._maintain(plan))
-                plan = self._plan()
+                # A durability callback may have appended: plan again only
+                # when nothing unwritten could have made segments dead.
+                plan = None if self._pending else self._plan()
         except Exception as exc:
             raise self._fail(exc) from exc
 
@@ -493,6 +495,7 @@ class DiskJournal:
         if compaction is None:
             return None
         segment = compaction.segment
+        self._writer.release(segment.segment_id)
         return rewrite_segment(
             self._layer, segment.segment_id, segment.path, compaction.ranges
         )

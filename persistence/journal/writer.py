@@ -89,10 +89,15 @@ class SegmentWriter:
             self._layer.fsync_directory(self._directory)
             self._directory_dirty = False
 
+    def release(self, segment_id: int) -> None:
+        """Sync and close ``segment_id`` if it is the open one."""
+        if self._segment_id == segment_id:
+            self._close_current()
+
     def delete(self, segment_ids: list[int]) -> None:
         """Delete whole segments, then make the deletions durable."""
-        if self._segment_id in segment_ids:
-            self._close_current()
+        for segment_id in segment_ids:
+            self.release(segment_id)
         for segment_id in segment_ids:
             self._layer.remove(self._directory / segment_name(segment_id))
         self._layer.fsync_directory(self._directory)
