@@ -602,3 +602,41 @@ def test_publish_with_immediate_closes_connection_540(
     assert close.reply_code == 540
     assert close.reply_text == "NOT_IMPLEMENTED - immediate=true"
     assert (close.class_id, close.method_id) == (60, 40)
+
+
+def test_messages_taken_with_get_do_not_count_against_global_prefetch(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with pika_channel(amqpd_session_broker) as ch:
+        queue = exclusive_queue(ch)
+        publish_numbers(ch, queue, 3)
+        ch.basic_qos(prefetch_count=1, global_qos=True)
+        got = ch.basic_get(queue)
+        log: list[Delivery] = []
+        ch.basic_consume(queue, recorder(log))
+        assert settle(ch, queue) == (1, 1)
+
+    assert got[2] == b"1"
+    assert [(d[1], d[3]) for d in log] == [(2, b"2")]
+
+
+@pytest.mark.parametrize("global_qos", [False, True], ids=["consumer", "channel"])
+def test_ack_in_open_transaction_does_not_free_prefetch_until_commit(
+    amqpd_session_broker: BrokerThread, global_qos: bool
+) -> None:
+    with pika_channel(amqpd_session_broker) as publisher:
+        queue = exclusive_queue(publisher)
+        publish_numbers(publisher, queue, 3)
+        ch = publisher.connection.channel()
+        ch.tx_select()
+        ch.basic_qos(prefetch_count=1, global_qos=global_qos)
+        log: list[Delivery] = []
+        ch.basic_consume(queue, recorder(log))
+        assert settle(ch, queue) == (2, 1)
+        ch.basic_ack(log[0][1])
+        publisher.basic_publish("", queue, b"4")  # a chance to dispatch
+        assert settle(ch, queue) == (3, 1)
+        ch.tx_commit()
+        assert settle(ch, queue) == (2, 1)
+
+    assert [(d[1], d[3]) for d in log] == [(1, b"1"), (2, b"2")]
