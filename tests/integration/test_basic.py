@@ -640,3 +640,19 @@ def test_ack_in_open_transaction_does_not_free_prefetch_until_commit(
         assert settle(ch, queue) == (2, 1)
 
     assert [(d[1], d[3]) for d in log] == [(1, b"1"), (2, b"2")]
+
+
+def test_nowait_methods_still_report_errors_by_closing_the_channel(
+    amqpd_session_broker: BrokerThread,
+) -> None:
+    with raw_channel(amqpd_session_broker) as client:
+        client.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
+        queue = client.expect(spec.Queue.DeclareOk, 1).queue
+        client.send_method(1, spec.Queue.Bind(
+            queue=queue, exchange="no-such-exchange", nowait=True
+        ))  # fmt: skip
+        close = client.expect(spec.Channel.Close, 1)
+
+    assert close.reply_code == 404
+    assert close.reply_text == "NOT_FOUND - no exchange 'no-such-exchange' in vhost '/'"
+    assert (close.class_id, close.method_id) == (50, 20)
