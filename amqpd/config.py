@@ -44,6 +44,11 @@ class Config:
     # users allowed from loopback only (RabbitMQ's loopback_users)
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])
     policies: list[dict[str, Any]] = field(default_factory=list)
+    # the definitions store: any SQLAlchemy async URL; default SQLite in
+    # the data directory ("memory://" keeps nothing)
+    definitions_url: str | None = None
+    # a RabbitMQ definitions file merged into the store at every start
+    load_definitions: Path | None = None
     # resource alarms: publishers are blocked while the process RSS is above
     # the watermark (a fraction of RAM when <= 1, else bytes) or the data
     # directory's disk has less free space than disk_free_limit bytes
@@ -95,6 +100,14 @@ def _coerce(key: str, name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("'bind' must be an address or a list of addresses")
         return value
+    if name == "definitions_url":
+        if not isinstance(value, str):
+            raise ConfigError("'definitions_url' must be a URL string")
+        return value
+    if name in ("data_dir", "load_definitions"):
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a path")
+        return Path(value).expanduser()
     if name == "data_dir":
         if not isinstance(value, str):
             raise ConfigError("'data_dir' must be a path")

@@ -6,35 +6,16 @@ of salt + password), so definitions move between amqpd and RabbitMQ.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import ipaddress
-import os
 from dataclasses import dataclass, field
 
-ALGORITHMS = {
-    "rabbit_password_hashing_sha256": hashlib.sha256,
-    "rabbit_password_hashing_sha512": hashlib.sha512,
-    "rabbit_password_hashing_md5": hashlib.md5,
-}
-DEFAULT_ALGORITHM = "rabbit_password_hashing_sha256"
+from amqpd.persistence.definitions.passwords import (
+    DEFAULT_HASHING_ALGORITHM,
+    check_password,
+    hash_password,
+)
 
-
-def hash_password(password: str, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    salt = os.urandom(4)
-    digest = ALGORITHMS[algorithm](salt + password.encode()).digest()
-    return base64.b64encode(salt + digest).decode()
-
-
-def check_password(password: str, password_hash: str, algorithm: str) -> bool:
-    try:
-        raw = base64.b64decode(password_hash)
-        hasher = ALGORITHMS[algorithm]
-    except (ValueError, KeyError):
-        return False
-    salt, digest = raw[:4], raw[4:]
-    return hmac.compare_digest(hasher(salt + password.encode()).digest(), digest)
+__all__ = ["DEFAULT_HASHING_ALGORITHM", "User", "hash_password", "is_loopback"]
 
 
 def is_loopback(address: str) -> bool:
@@ -52,9 +33,12 @@ def is_loopback(address: str) -> bool:
 class User:
     name: str
     password_hash: str
-    hashing_algorithm: str = DEFAULT_ALGORITHM
+    hashing_algorithm: str = DEFAULT_HASHING_ALGORITHM
     tags: list[str] = field(default_factory=list)
     loopback_only: bool = False
 
     def check(self, password: str) -> bool:
-        return check_password(password, self.password_hash, self.hashing_algorithm)
+        try:
+            return check_password(password, self.password_hash, self.hashing_algorithm)
+        except ValueError:  # an algorithm this broker does not know
+            return False

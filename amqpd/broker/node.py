@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from amqpd.auth.users import User, hash_password
 from amqpd.broker.clock import AsyncioScheduler
 from amqpd.broker.policy import Policy, validate_policy
 from amqpd.broker.queue import Scheduler
-from amqpd.broker.vhost import VHost
+from amqpd.broker.vhost import PersistOp, VHost
 from amqpd.config import Config
+from amqpd.persistence.definitions import model as records
 
 log = logging.getLogger("amqpd.node")
 
@@ -30,6 +32,14 @@ class Node:
         self.reply_channels: dict[str, Any] = {}
         # resource alarms in force ("memory", "disk"); see server/alarms.py
         self.alarms: set[str] = set()
+        self.permissions: dict[tuple[str, str], records.Permission] = {}
+        # where definition changes go to be stored (set by the server once
+        # the definitions store is open); None while nothing is stored
+        self.persist: Callable[[PersistOp], None] | None = None
+
+    def _persist(self, op: PersistOp) -> None:
+        if self.persist is not None:
+            self.persist(op)
 
     def alarm_changed(self, reason: str) -> None:
         """Tell every connection that an alarm went on or off ('' = off)."""
@@ -39,16 +49,22 @@ class Node:
                 conn.on_alarm(reason)
 
     def ensure_defaults(self) -> None:
-        """The default vhost and user, created only when there are none."""
+        """The default vhost and user (with full permissions on it), created
+        only when the store holds no vhost and no user at all."""
         if not self.vhosts:
             self.add_vhost(self.config.default_vhost)
         if not self.users:
             self.add_user(self.config.default_user, self.config.default_pass)
+            self.set_permission(self.config.default_user, self.config.default_vhost)
 
-    def add_vhost(self, name: str) -> VHost:
+    def add_vhost(self, name: str, *, store: bool = True) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
             vhost = self.vhosts[name] = VHost(name, self.scheduler)
+            vhost.persist = self._persist
+            if store:
+                record = records.VHost(name)
+                self._persist(lambda s: s.put_vhost(record))
         return vhost
 
     def add_user(self, name: str, password: str, tags: list[str] | None = None) -> User:
@@ -56,10 +72,36 @@ class Node:
             name,
             hash_password(password),
             tags=tags if tags is not None else ["administrator"],
-            loopback_only=name in self.config.loopback_users,
         )
-        self.users[name] = user
+        self.put_user(user)
         return user
+
+    def put_user(self, user: User, *, store: bool = True) -> None:
+        user.loopback_only = user.name in self.config.loopback_users
+        self.users[user.name] = user
+        if store:
+            record = records.User(
+                user.name, user.password_hash, user.hashing_algorithm,
+                tuple(user.tags),
+            )  # fmt: skip
+            self._persist(lambda s: s.put_user(record))
+
+    def set_permission(
+        self,
+        user: str,
+        vhost: str,
+        configure: str = ".*",
+        write: str = ".*",
+        read: str = ".*",
+        *,
+        store: bool = True,
+    ) -> None:
+        """Record a user's permissions on a vhost. They are stored and
+        exported; enforcing them is the security work still to come."""
+        record = records.Permission(user, vhost, configure, write, read)
+        self.permissions[(user, vhost)] = record
+        if store:
+            self._persist(lambda s: s.put_permission(record))
 
     # definitions interface: what the config file, the management API and
     # definitions import use to change policies

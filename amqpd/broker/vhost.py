@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Any
 
 from amqpd import exchanges
@@ -23,8 +23,18 @@ from amqpd.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
+from amqpd.persistence.definitions import DefinitionsStore
+from amqpd.persistence.definitions import model as records
 
 log = logging.getLogger("amqpd.vhost")
+
+# a change to store in the definitions store, applied there in order
+PersistOp = Callable[[DefinitionsStore], Awaitable[object]]
+
+
+def _no_persist(op: PersistOp) -> None:
+    return None
+
 
 PREDECLARED = {
     "amq.direct": "direct",
@@ -121,6 +131,7 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.policies: dict[str, Policy] = {}
+        self.persist: Callable[[PersistOp], None] = _no_persist
         self._declare_defaults()
 
     def _declare_defaults(self) -> None:
@@ -183,6 +194,11 @@ class VHost:
         )  # fmt: skip
         exchange.policy = self._policy_for("exchanges", name)
         self.exchanges[name] = exchange
+        if durable:
+            record = records.Exchange(
+                self.name, name, type_name, durable, auto_delete, internal, arguments
+            )
+            self.persist(lambda s: s.put_exchange(record))
         return exchange
 
     def _check_exchange_equivalent(
@@ -233,6 +249,9 @@ class VHost:
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
         self.exchanges.pop(exchange.name, None)
+        if exchange.durable:
+            vhost, name = self.name, exchange.name
+            self.persist(lambda s: s.delete_exchange(vhost, name))
         for source in list(exchange.sources):
             source.table.unbind_destination(exchange)
             self._maybe_auto_delete(source)
@@ -305,6 +324,9 @@ class VHost:
             auto_delete=auto_delete, arguments=arguments,
         )  # fmt: skip
         self.queues[name] = queue
+        if durable and not exclusive:
+            record = records.Queue(self.name, name, durable, auto_delete, arguments)
+            self.persist(lambda s: s.put_queue(record))
         policy = self._policy_for("queues", name)
         if policy is not None:
             queue.apply_settings(resolve(arguments, policy))
@@ -357,6 +379,9 @@ class VHost:
         count = len(queue.ready)
         queue.close()
         del self.queues[name]
+        if queue.durable and not queue.exclusive:
+            vhost = self.name
+            self.persist(lambda s: s.delete_queue(vhost, name))
         for exchange in list(self.exchanges.values()):
             if exchange.table.unbind_destination(queue) and exchange.name:
                 self._maybe_auto_delete(exchange)
@@ -379,11 +404,18 @@ class VHost:
     def set_policy(self, policy: Policy) -> None:
         self.policies[policy.name] = policy
         self.apply_policies()
+        record = records.Policy(
+            self.name, policy.name, policy.pattern, policy.definition,
+            policy.priority, policy.apply_to,
+        )  # fmt: skip
+        self.persist(lambda s: s.put_policy(record))
 
     def clear_policy(self, name: str) -> bool:
         if self.policies.pop(name, None) is None:
             return False
         self.apply_policies()
+        vhost = self.name
+        self.persist(lambda s: s.delete_policy(vhost, name))
         return True
 
     def apply_policies(self) -> None:
@@ -410,7 +442,10 @@ class VHost:
             source.table.validate_binding(routing_key, arguments)
         except exchanges.BindingError as exc:
             raise PreconditionFailed(str(exc)) from None
-        source.table.bind(destination, routing_key, arguments)
+        if source.table.bind(destination, routing_key, arguments):
+            record = self._binding_record(source, destination, routing_key, arguments)
+            if record is not None:
+                self.persist(lambda s: s.put_binding(record))
         if isinstance(destination, Exchange):
             destination.sources.add(source)
 
@@ -424,11 +459,36 @@ class VHost:
         source = self._bindable_source(source_name, destination)
         if not source.table.unbind(destination, routing_key, arguments):
             return  # RabbitMQ answers unbind-ok for a binding that is not there
+        record = self._binding_record(source, destination, routing_key, arguments)
+        if record is not None:
+            self.persist(lambda s: s.delete_binding(record))
         if isinstance(destination, Exchange) and not any(
             d is destination for d, _, _ in source.table.bindings()
         ):
             destination.sources.discard(source)
         self._maybe_auto_delete(source)
+
+    def _binding_record(
+        self,
+        source: Exchange,
+        destination: Queue | Exchange,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> records.Binding | None:
+        """The stored form of a binding between durable entities, else None."""
+        if not source.durable or not destination.durable:
+            return None
+        if isinstance(destination, Queue) and destination.exclusive:
+            return None
+        if isinstance(destination, Queue):
+            return records.Binding(
+                self.name, source.name, destination.name, "queue", routing_key,
+                arguments,
+            )  # fmt: skip
+        return records.Binding(
+            self.name, source.name, destination.name, "exchange", routing_key,
+            arguments,
+        )  # fmt: skip
 
     def _bindable_source(
         self, source_name: str, destination: Queue | Exchange

@@ -65,11 +65,38 @@ def build_frame(ftype: int, channel: int, payload: bytes) -> bytes:
 
 
 def build_method(channel: int, method: pamqp_base.Frame) -> bytes:
-    """The bytes of a method frame for a pamqp method object."""
-    payload = struct.pack(">I", method.index) + method.marshal()
+    """The bytes of a method frame for a pamqp method object.
+
+    pamqp's checks allow only ASCII queue and exchange names, RabbitMQ any
+    UTF-8 name: a name the broker accepted is sent even where pamqp refuses.
+    """
+    try:
+        args = method.marshal()
+    except ValueError:
+        args = _unchecked(method).marshal()
+    payload = struct.pack(">I", method.index) + args
     return (
         FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
     )
+
+
+_UNCHECKED: dict[type[pamqp_base.Frame], type[pamqp_base.Frame]] = {}
+
+
+def _unchecked(method: pamqp_base.Frame) -> pamqp_base.Frame:
+    """A copy of ``method`` whose marshal skips pamqp's validate()."""
+    cls = type(method)
+    sub = _UNCHECKED.get(cls)
+    if sub is None:
+        sub = _UNCHECKED[cls] = type(cls.__name__, (cls,), {"validate": _no_check})
+    copy = sub.__new__(sub)
+    for name in cls.__slots__:
+        setattr(copy, name, getattr(method, name))
+    return copy
+
+
+def _no_check(self: pamqp_base.Frame) -> None:
+    return None
 
 
 def build_content(

@@ -37,6 +37,8 @@ def scan(header: bytes) -> Spans:
     pos = 14
     while flags & 1 and header[pos - 1] & 1:
         pos += 2  # continuation flag words carry no 0-9-1 properties
+        if pos > len(header):
+            raise ValueError("content header property flags cut short")
     spans: Spans = {}
     if not flags & 0xFFFE:
         return spans
@@ -44,6 +46,8 @@ def scan(header: bytes) -> Spans:
     for i, kind in enumerate(_KINDS):
         if not flags & (1 << (15 - i)):
             continue
+        if pos + (4 if kind == "F" else 1) > size:
+            raise ValueError(f"property {FIELDS[i]} overruns the content header")
         if kind == "s":
             n = 1 + header[pos]
         elif kind == "o":

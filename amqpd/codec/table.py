@@ -33,12 +33,19 @@ def value_length(data: bytes | memoryview, pos: int) -> int:
     if fixed is not None:
         return 1 + fixed
     if tag in _SIZED:
+        if pos + 5 > len(data):
+            raise ValueError(f"field value {chr(tag)!r} cut short")
         return 5 + int(_U32.unpack_from(data, pos + 1)[0])
     raise ValueError(f"unknown field type {chr(tag)!r}")
 
 
 def split_table(table: bytes) -> list[Entry]:
-    """Cut an encoded table (with its length prefix) into (key, raw value)."""
+    """Cut an encoded table (with its length prefix) into (key, raw value).
+
+    Raises ValueError when the table is malformed.
+    """
+    if len(table) < 4:
+        raise ValueError("field table truncated")
     (size,) = _U32.unpack_from(table, 0)
     end = 4 + size
     if end > len(table):
@@ -49,6 +56,8 @@ def split_table(table: bytes) -> list[Entry]:
         klen = table[pos]
         key = table[pos + 1 : pos + 1 + klen].decode()
         pos += 1 + klen
+        if pos >= end:
+            raise ValueError("field table overruns its length")
         vlen = value_length(table, pos)
         entries.append((key, table[pos : pos + vlen]))
         pos += vlen
@@ -92,6 +101,8 @@ def long_long(value: int) -> bytes:
 
 def timestamp(value: datetime.datetime | int) -> bytes:
     if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:  # naive means UTC, as pamqp reads it
+            value = value.replace(tzinfo=datetime.UTC)
         value = int(value.timestamp())
     return b"T" + struct.pack(">Q", value)
 
@@ -117,7 +128,7 @@ def encode_value(value: Any) -> bytes:
         return b"d" + struct.pack(">d", value)
     if isinstance(value, Decimal):
         exp = value.as_tuple().exponent
-        scale = -int(exp)
+        scale = max(0, -int(exp))  # 1E+2 is 100 with no decimals
         unscaled = int(value.scaleb(scale))
         return b"D" + struct.pack(">Bi", scale, unscaled)
     if isinstance(value, str | bytes):

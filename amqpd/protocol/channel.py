@@ -80,6 +80,9 @@ class ChannelMachine:
         self.assembly: Assembly | None = None
         self.consumers: dict[str, Consumer] = {}
         self.unacked: dict[int, Unacked] = {}
+        # consumer deliveries not yet settled: what a global prefetch counts
+        # (basic.get messages do not count, as in RabbitMQ)
+        self.consumer_unacked = 0
         self.next_tag = 0
         self.prefetch_count = 0  # for consumers created from now on
         self.global_prefetch = 0
@@ -375,7 +378,7 @@ class ChannelMachine:
         return not self.flow_active or self.conn.saturated
 
     def has_capacity(self) -> bool:
-        return not self.global_prefetch or len(self.unacked) < self.global_prefetch
+        return not self.global_prefetch or self.consumer_unacked < self.global_prefetch
 
     def deliver(self, consumer: Consumer, entry: Entry, queue: Queue) -> None:
         self.next_tag += 1
@@ -383,6 +386,7 @@ class ChannelMachine:
         if not consumer.no_ack:
             self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
+            self.consumer_unacked += 1
         message = entry.message
         conn = self.conn
         conn.write(fastpath.deliver_message(
@@ -433,6 +437,7 @@ class ChannelMachine:
             queue.settle()
             if consumer is not None:
                 consumer.unacked -= 1
+                self.consumer_unacked -= 1
             touched[id(queue)] = queue
         self._redispatch(touched)
 
@@ -458,6 +463,7 @@ class ChannelMachine:
         for entry, queue, consumer in items:
             if consumer is not None:
                 consumer.unacked -= 1
+                self.consumer_unacked -= 1
             by_queue.setdefault(id(queue), (queue, []))[1].append(entry)
         touched: dict[int, Queue] = {}
         for queue, entries in by_queue.values():

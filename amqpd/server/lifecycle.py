@@ -21,6 +21,8 @@ from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from amqpd.broker.node import Node
 from amqpd.config import Config
+from amqpd.persistence.definitions import DefinitionsError, DefinitionsStore
+from amqpd.server import definitions
 from amqpd.server.alarms import AlarmMonitor
 from amqpd.server.driver import ConnectionDriver
 
@@ -101,6 +103,8 @@ class Broker:
         self._temp_dir: str | None = None
         self.addresses: list[str] = []
         self.alarms: AlarmMonitor | None = None
+        self.definitions: definitions.DefinitionsWriter | None = None
+        self._store: DefinitionsStore | None = None
         self.port = 0
 
     @property
@@ -136,6 +140,7 @@ class Broker:
         self._lock = DataDirLock(self.data_dir)
         try:
             self._lock.acquire()
+            await self._open_definitions()
             self.node.ensure_defaults()
             try:
                 self.node.load_config_policies()
@@ -150,9 +155,25 @@ class Broker:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.alarms.run)
+        if self.definitions is not None:
+            self._tg.start_soon(self.definitions.run)
         for listener in self._listeners:
             self._tg.start_soon(self._accept, listener)
         log.info("amqpd ready: listening on %s", ", ".join(self.addresses))
+
+    async def _open_definitions(self) -> None:
+        """Open the definitions store, merge a configured definitions file,
+        restore what it holds, then store every later change."""
+        url = definitions.store_url(self.config.definitions_url, self.data_dir)
+        try:
+            self._store = await DefinitionsStore.connect(url)
+            if self.config.load_definitions is not None:
+                await definitions.load_file(self._store, self.config.load_definitions)
+            await definitions.restore(self.node, self._store)
+        except (DefinitionsError, OSError) as exc:
+            raise StartupError(f"definitions store: {exc}") from None
+        self.definitions = definitions.DefinitionsWriter(self._store)
+        self.node.persist = self.definitions.submit
 
     async def _listen(self) -> None:
         port = self.config.port
@@ -210,6 +231,9 @@ class Broker:
         with anyio.move_on_after(DRAIN_TIMEOUT):
             while self.node.connections:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
+        if self.definitions is not None:
+            with anyio.move_on_after(DRAIN_TIMEOUT):
+                await self.definitions.flush()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
@@ -217,6 +241,12 @@ class Broker:
         await self._cleanup()
 
     async def _cleanup(self) -> None:
+        self.node.persist = None
+        self.definitions = None
+        if self._store is not None:
+            with anyio.CancelScope(shield=True):
+                await self._store.aclose()
+            self._store = None
         for listener in self._listeners:
             await listener.aclose()
         self._listeners.clear()
