@@ -216,6 +216,18 @@ def test_pika_channel_error_closes_only_that_channel(
     conn.close()
 
 
+def test_pika_answers_the_servers_channel_close_and_the_broker_forgets_it(
+    amqpd_broker: BrokerThread,
+) -> None:
+    conn = pika.BlockingConnection(params(amqpd_broker))
+    failing, working = conn.channel(), conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        failing.basic_consume("no-such-queue", lambda *args: None)
+    working.queue_declare("", exclusive=True)  # a round trip after pika's close-ok
+    assert open_channels(amqpd_broker) == [working.channel_number]
+    conn.close()
+
+
 def test_channel_error_does_not_disturb_a_consumer_on_another_channel(
     amqpd_session_broker: BrokerThread,
 ) -> None:
