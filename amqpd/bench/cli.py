@@ -6,8 +6,9 @@
                 [--broker-pid PID] [--json out.jsonl]
     amqpd bench --compare A.jsonl B.jsonl
 
-Exit status: 0 when every scenario ran and its counts added up, 1 when one
-failed or lost or doubled a message, 2 for a usage error.
+Exit status: 0 when every scenario ran and its counts added up, 1 when the
+broker cannot be reached or a scenario failed or lost or doubled a message,
+2 for a usage error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from amqpd.bench.catalog import SCENARIOS
-from amqpd.bench.client import BenchError, BrokerUrl
+from amqpd.bench.client import BenchConnection, BenchError, BrokerUrl
 from amqpd.bench.report import scenario_lines
 from amqpd.bench.results import append_line, compare, format_comparison, read_lines
 from amqpd.bench.runner import Options, Progress, run_scenario
@@ -140,6 +141,12 @@ def main(argv: list[str]) -> int:
     except (BenchError, ValueError, OSError) as exc:
         print(f"amqpd bench: {exc}", file=sys.stderr)
         return 2
+    if any(SCENARIOS[name].needs_broker for name in names):
+        try:
+            BenchConnection.open(BrokerUrl.parse(options.url), timeout=10).close()
+        except BenchError as exc:
+            print(f"amqpd bench: {exc}", file=sys.stderr)
+            return 1
     return run_all(options, names, args.json)
 
 

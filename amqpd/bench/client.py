@@ -108,9 +108,16 @@ class BenchConnection:
         frame_max: int = DEFAULT_FRAME_MAX,
     ) -> BenchConnection:
         """Connect, log in with PLAIN and open the URL's virtual host."""
-        conn = cls(connect_socket(url.host, url.port, timeout))
+        where = f"{url.host}:{url.port}"
+        try:
+            conn = cls(connect_socket(url.host, url.port, timeout))
+        except OSError as exc:
+            raise BenchError(f"cannot connect to {where}: {exc}") from exc
         try:
             conn._handshake(url, frame_max)
+        except OSError as exc:
+            conn.sock.close()
+            raise BenchError(f"handshake with {where} failed: {exc}") from exc
         except BaseException:
             conn.sock.close()
             raise

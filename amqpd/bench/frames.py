@@ -118,6 +118,8 @@ def start_ok(user: str, password: str, product: str = "amqpd-bench") -> bytes:
                 "publisher_confirms": True,
                 "connection.blocked": True,
                 "basic.nack": True,
+                # ask for a connection.close with 403 rather than a bare hang-up
+                "authentication_failure_close": True,
             },
         }
     )

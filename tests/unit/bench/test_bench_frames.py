@@ -31,6 +31,7 @@ def test_start_ok_matches_pamqp() -> None:
                 "publisher_confirms": True,
                 "connection.blocked": True,
                 "basic.nack": True,
+                "authentication_failure_close": True,
             },
         },
         mechanism="PLAIN",
