@@ -20,7 +20,6 @@ FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
-FRAME_END_BYTE = b"\xce"
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 # type, channel, payload size
