@@ -252,7 +252,10 @@ def backlog(run: Run) -> Outcome:
     published = int(filled.publisher["published"])
     queued = run.queue_depth(queue, published)
     weighed = run.broker()
-    figures = {"fill_rate": flow_figures(filled)["publish_rate"]}
+    fill = flow_figures(filled)
+    figures = {"fill_rate": fill["publish_rate"]}
+    if "broker_cpu_pct" in fill:
+        figures["broker_cpu_pct"] = fill["broker_cpu_pct"]
     if filled.before is not None and weighed is not None and queued:
         figures["rss_per_message"] = (
             weighed.rss_bytes - filled.before.rss_bytes
@@ -275,6 +278,9 @@ def backlog(run: Run) -> Outcome:
     figures["drain_rate"] = rate(
         drained["distinct"], drained["started_ns"], drained["last_ns"]
     )
+    draining = (drained["last_ns"] - drained["started_ns"]) / 1e9
+    if draining > 0:
+        figures["consumer_cpu_pct"] = 100.0 * drained["cpu_s"] / draining
     counts, ok = delivery_counts(
         FlowResult(filled.publisher, [drained], filled.before, weighed)
     )
