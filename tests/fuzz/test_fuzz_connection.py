@@ -236,10 +236,10 @@ chunk_sizes = st.lists(st.integers(1, 64), min_size=1, max_size=8)
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
+def mutated(draw: st.DrawFn, prefix: bytes = b"") -> bytes:
     """A valid frame sequence with a few random mutations applied."""
     ops = draw(st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=12))
-    data = bytearray(method(1, spec.Channel.Open()) + b"".join(ops))
+    data = bytearray(prefix + method(1, spec.Channel.Open()) + b"".join(ops))
     for _ in range(draw(st.integers(1, 4))):
         if not data:
             break
@@ -290,6 +290,32 @@ def test_mutated_frame_sequences_get_protocol_answers(
     harness = Harness()
     harness.handshake()
     feed_in_chunks(harness, data, sizes)
+
+
+HANDSHAKE = b"".join((
+    PROTOCOL_HEADER,
+    method(0, spec.Connection.StartOk(
+        client_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanism="AMQPLAIN", locale="en_US",
+        response="\x05LOGINS\x00\x00\x00\x05guest\x08PASSWORDS\x00\x00\x00\x05guest",
+    )),
+    method(0, spec.Connection.TuneOk(100, FRAME_MAX, 0)),
+    method(0, spec.Connection.Open(virtual_host="/")),
+))  # fmt: skip
+
+
+@FUZZ
+@given(data=mutated(HANDSHAKE), sizes=chunk_sizes)
+def test_mutated_handshakes_get_protocol_answers(data: bytes, sizes: list[int]) -> None:
+    harness = Harness()
+    feed_in_chunks(harness, data, sizes)
+
+
+def test_unmutated_handshake_opens_the_connection() -> None:
+    harness = Harness()
+    harness.feed(HANDSHAKE)
+    assert harness.machine.state == "opened"
+    assert isinstance(harness.answers()[-1][2], spec.Connection.OpenOk)
 
 
 @FUZZ
