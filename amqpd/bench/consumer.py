@@ -89,7 +89,7 @@ def run_consumer(plan: ConsumePlan, link: Link) -> Result:
     cpu_start = time.process_time()
     set_io_timeout(conn.sock, POLL_INTERVAL)
     tally = Tally(timed=plan.timed)
-    first, last = _consume(conn, plan, link, tally, started)
+    first, last, max_outstanding = _consume(conn, plan, link, tally, started)
     set_io_timeout(conn.sock, plan.io_timeout)
     conn.close_channel(1)
     cpu = time.process_time() - cpu_start
@@ -103,6 +103,8 @@ def run_consumer(plan: ConsumePlan, link: Link) -> Result:
         "expected": expected,
         "missing": (expected - in_range) if expected is not None else None,
         "stray": (tally.distinct - in_range) if expected is not None else None,
+        "prefetch": plan.prefetch,
+        "max_outstanding": max_outstanding,
         "started_ns": started,
         "first_ns": first,
         "last_ns": last,
@@ -113,8 +115,12 @@ def run_consumer(plan: ConsumePlan, link: Link) -> Result:
 
 def _consume(
     conn: BenchConnection, plan: ConsumePlan, link: Link, tally: Tally, started: int
-) -> tuple[int, int]:
-    """The receive loop; returns the times of the first and last delivery."""
+) -> tuple[int, int, int]:
+    """The receive loop.
+
+    Returns the times of the first and last delivery and the most
+    deliveries seen outstanding at once.
+    """
     sock = conn.sock
     clock = time.monotonic_ns
     give_up = started + int(plan.max_duration * 1e9)
@@ -151,11 +157,16 @@ def _consume(
                     break
     parser.flush_ack()
     conn.give_back(parser.rest)
-    return first, last
+    return first, last, parser.max_outstanding
 
 
 class DeliveryParser:
-    """Splits deliveries out of received bytes and acks them in batches."""
+    """Splits deliveries out of received bytes and acks them in batches.
+
+    It also keeps a lower bound of how many deliveries the broker had
+    outstanding: those received beyond what the acks already written
+    cover. Above the prefetch count, it proves the broker overran it.
+    """
 
     def __init__(self, conn: BenchConnection, tally: Tally, ack_every: int) -> None:
         self.conn = conn
@@ -163,6 +174,8 @@ class DeliveryParser:
         self.ack_every = ack_every
         self.unacked = 0
         self.last_tag = 0
+        self.acked_sent = 0  # deliveries covered by acks written so far
+        self.max_outstanding = 0
         self.stamp_due = False
         self.rest = b""
 
@@ -202,14 +215,19 @@ class DeliveryParser:
                 self.stamp_due = True
             pos = end
         self.rest = data[pos:]
+        outstanding = tally.delivered - self.acked_sent
+        if outstanding > self.max_outstanding:
+            self.max_outstanding = outstanding
         if acks:
             self.conn.send(b"".join(acks))
+            self.acked_sent = tally.delivered - self.unacked
 
     def flush_ack(self) -> None:
         """Ack everything still unacked."""
         if self.unacked:
             self.conn.send(_ack(1, self.last_tag))
             self.unacked = 0
+            self.acked_sent = self.tally.delivered
 
 
 def _ack(channel: int, tag: int) -> bytes:

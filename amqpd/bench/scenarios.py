@@ -94,7 +94,11 @@ def run_flow(run: Run, flow: Flow, queues: list[str]) -> FlowResult:
 
 
 def delivery_counts(flow: FlowResult) -> tuple[dict[str, int], bool]:
-    """Published against consumed: every message once, none twice."""
+    """Published against consumed: every message once, none twice.
+
+    Also checks that no consumer got more unacked deliveries than its
+    prefetch count.
+    """
     pub = flow.publisher
     counts = {
         "published": int(pub["published"]),
@@ -103,10 +107,16 @@ def delivery_counts(flow: FlowResult) -> tuple[dict[str, int], bool]:
         "missing": sum(int(c["missing"]) for c in flow.consumers),
         "stray": sum(int(c["stray"]) for c in flow.consumers),
     }
+    # a consumer that saw more deliveries outstanding than its prefetch
+    # count allows: the broker ignored basic.qos, the rates are not fair
+    counts["over_prefetch"] = sum(
+        1 for c in flow.consumers if c["max_outstanding"] > c["prefetch"]
+    )
     ok = (
         counts["duplicates"] == 0
         and counts["missing"] == 0
         and counts["stray"] == 0
+        and counts["over_prefetch"] == 0
         and counts["consumed"] == counts["published"] * len(flow.consumers)
     )
     if pub["acked"] or pub["nacked"]:

@@ -72,6 +72,19 @@ def test_parser_acks_multiple_every_n_and_flushes_the_rest(
     assert read_acks(peer) == [(7, True)]
 
 
+def test_parser_bounds_what_the_broker_had_outstanding(
+    pair: tuple[BenchConnection, socket.socket],
+) -> None:
+    conn, peer = pair
+    parser = DeliveryParser(conn, Tally(timed=False), ack_every=3)
+    parser.feed(b"".join(delivery(tag, tag, 0) for tag in range(1, 8)), 0)
+    assert parser.max_outstanding == 7  # no ack was written before them
+    read_acks(peer)
+    parser.feed(b"".join(delivery(tag, tag, 0) for tag in range(8, 10)), 0)
+    assert parser.acked_sent == 9  # acks for 3, 6 and 9 written
+    assert parser.max_outstanding == 7  # 9 received - 6 covered = 3 this time
+
+
 def test_parser_raises_when_the_broker_closes_the_channel(
     pair: tuple[BenchConnection, socket.socket],
 ) -> None:
