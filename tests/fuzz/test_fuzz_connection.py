@@ -501,3 +501,33 @@ def test_names_outside_ascii_are_answered_as_sent() -> None:
     assert declare_ok[2].queue == "café\x00"
     assert returned[2].exchange == "échange"
     assert (returned[2].reply_code, returned[2].routing_key) == (312, "nowhere")
+
+
+def test_cc_header_that_is_not_an_array_closes_the_channel_with_406() -> None:
+    # RabbitMQ: PRECONDITION_FAILED - invalid message:
+    # {unacceptable_type_in_header,"CC",longstr}
+    harness = Harness()
+    harness.handshake()
+    harness.feed(method(1, spec.Channel.Open()))
+    harness.feed(publish(1, "", "q", b"x", headers={"CC": "q"}))
+    close = harness.answers()[-1][2]
+    assert isinstance(close, spec.Channel.Close)
+    assert (close.reply_code, close.class_id, close.method_id) == (406, 60, 40)
+    assert "'CC'" in close.reply_text
+
+
+def test_cc_items_that_are_not_strings_are_ignored() -> None:
+    harness = Harness()
+    harness.handshake()
+    harness.feed(method(1, spec.Channel.Open()))
+    harness.feed(method(1, spec.Queue.Declare(queue="q")))
+    cc = b"\x02CCA" + struct.pack(">I", 11) + b"I\x00\x00\x00\x07S\x00\x00\x00\x01q"
+    harness.feed(method(1, spec.Basic.Publish(exchange="", routing_key="none")))
+    harness.feed(header_frame(1, 0x2000, table_bytes(cc)))
+    harness.feed(struct.pack(">BHI", 3, 1, 1) + b"x\xce")
+    harness.out.clear()
+    harness.feed(method(1, spec.Basic.Get(queue="q")))
+    check_answers(harness)
+    get_ok = harness.answers()[0][2]
+    assert isinstance(get_ok, spec.Basic.GetOk)
+    assert get_ok.routing_key == "none"
