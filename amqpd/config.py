@@ -49,6 +49,15 @@ class Config:
     definitions_url: str | None = None
     # a RabbitMQ definitions file merged into the store at every start
     load_definitions: Path | None = None
+    # the message journal (see docs/durability.md)
+    journal_fsync: str = "batch"  # or "interval": may lose the last interval
+    journal_fsync_interval_ms: int = 200
+    journal_segment_size: int = 16 * 1024 * 1024
+    journal_compress_threshold: int = 4096  # bytes; 0 turns compression off
+    # encryption keys "ID=PATH" (32 raw bytes or 64 hex digits); the first
+    # encrypts new records, the others only read old segments. The
+    # environment variable AMQPD_JOURNAL_KEY="ID=HEX" adds an active key.
+    journal_keys: list[str] = field(default_factory=list)
     # resource alarms: publishers are blocked while the process RSS is above
     # the watermark (a fraction of RAM when <= 1, else bytes) or the data
     # directory's disk has less free space than disk_free_limit bytes
@@ -63,7 +72,8 @@ class Config:
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _INT_KEYS = {
     "port", "channel_max", "frame_max", "heartbeat", "max_message_size",
-    "output_buffer_limit",
+    "output_buffer_limit", "journal_fsync_interval_ms", "journal_segment_size",
+    "journal_compress_threshold",
 }  # fmt: skip
 _STR_KEYS = {"log_level", "default_user", "default_pass", "default_vhost"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -99,6 +109,16 @@ def _coerce(key: str, name: str, value: Any) -> Any:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError("'bind' must be an address or a list of addresses")
+        return value
+    if name == "journal_fsync":
+        if value not in ("batch", "interval"):
+            raise ConfigError("'journal_fsync' must be 'batch' or 'interval'")
+        return value
+    if name == "journal_keys":
+        if not isinstance(value, list) or not all(
+            isinstance(v, str) and "=" in v for v in value
+        ):
+            raise ConfigError("'journal_keys' must be a list of 'ID=PATH' strings")
         return value
     if name == "definitions_url":
         if not isinstance(value, str):

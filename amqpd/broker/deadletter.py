@@ -17,6 +17,7 @@ from amqpd.codec.fastpath import shortstr
 
 if TYPE_CHECKING:
     from amqpd.broker.queue import Entry, Queue
+    from amqpd.broker.vhost import Exchange
 
 REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = (
     "rejected", "expired", "maxlen", "delivery_limit",
@@ -54,10 +55,12 @@ def routing_keys(message: Message) -> list[str]:
 
 
 def dead_lettered_copy(
-    message: Message, queue_name: str, reason: str, dlx: str, routing_key: str
-) -> tuple[Message, list[tuple[str, str]]]:
+    message: Message, queue_name: str, reason: str, dlx: str, routing_key: str,
+    drop: tuple[str, ...] = (),
+) -> tuple[Message, list[tuple[str, str]]]:  # fmt: skip
     """The copy published to the DLX, and the (queue, reason) of every death
-    in its history, most recent first."""
+    in its history, most recent first. Headers named in ``drop`` are left
+    out of the copy."""
     raw_headers = properties.raw(message.header, message.spans, "headers")
     entries = table.split_table(raw_headers) if raw_headers else []
     by_key = dict(entries)
@@ -101,7 +104,7 @@ def dead_lettered_copy(
             death.append(("original-expiration", table.longstr(expiration)))
         current = table.table(death)
 
-    new_entries = [(k, v) for k, v in entries if k != "x-death"
+    new_entries = [(k, v) for k, v in entries if k != "x-death" and k not in drop
                    and not k.startswith("x-last-death-")]  # fmt: skip
     present = {k for k, _ in new_entries}
     if "x-first-death-queue" not in present:
@@ -128,37 +131,72 @@ def dead_lettered_copy(
     return copy, history
 
 
+def is_cycle(history: list[tuple[str, str]], target: str) -> bool:
+    """True if going to ``target`` closes a loop with no rejection in it:
+    RabbitMQ's rule, read from the most recent death back to the last death
+    in ``target``."""
+    for queue_name, reason in history:
+        if reason == REJECTED:
+            return False
+        if queue_name == target:
+            return True
+    return False
+
+
 def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
-    """Publish dead-lettered copies of ``entries`` to the queue's DLX."""
+    """Publish dead-lettered copies of ``entries`` to the queue's DLX (or
+    just drop them), journaling the move for persistent messages."""
     settings = queue.settings
-    dlx_name = settings.dead_letter_exchange
-    if dlx_name is None:
-        return
     vhost = queue.vhost
-    exchange = vhost.exchanges.get(dlx_name)
-    if exchange is None:
-        return  # RabbitMQ drops them too when the DLX does not exist
+    dlx_name = settings.dead_letter_exchange
+    exchange = vhost.exchanges.get(dlx_name) if dlx_name is not None else None
+    store = queue.store
     for entry in entries:
-        original = entry.message
-        keys = (
-            [settings.dead_letter_routing_key]
-            if settings.dead_letter_routing_key is not None
-            else routing_keys(original)
-        )
-        copy, history = dead_lettered_copy(
-            original, queue.name, reason, dlx_name, keys[0]
-        )
-        rejected = any(r == REJECTED for _, r in history)
-        died_in = {q for q, _ in history}
-        targets: dict[int, Queue] = {}
-        for key in keys:
-            routed = copy if key == copy.routing_key else Message(
-                copy.exchange, key, shortstr(dlx_name) + shortstr(key),
-                copy.header, copy.body, copy.spans,
-            )  # fmt: skip
-            for target in vhost.route(exchange, routed):
-                if target.name in died_in and not rejected:
-                    continue  # a cycle without a rejection: drop
-                targets[id(target)] = target
-        for target in targets.values():
+        journaled = store is not None and entry.message.journal_id
+        if exchange is None or dlx_name is None:
+            # no DLX, or it does not exist: RabbitMQ drops them too
+            if journaled:
+                store.removed(queue, entry)  # type: ignore[union-attr]
+            continue
+        copy, targets = _route_copy(queue, entry, reason, dlx_name, exchange)
+        if journaled:
+            store.moved(queue, entry, copy, targets)  # type: ignore[union-attr]
+        elif targets and vhost.store is not None and copy.persistent:
+            vhost.store.publish(copy, targets)
+        for target in targets:
             target.publish(copy)
+
+
+def _route_copy(
+    queue: Queue, entry: Entry, reason: str, dlx_name: str, exchange: Exchange
+) -> tuple[Message, list[Queue]]:
+    """The dead-lettered copy and the queues it goes to, cycles left out."""
+    settings = queue.settings
+    original = entry.message
+    keys = (
+        [settings.dead_letter_routing_key]
+        if settings.dead_letter_routing_key is not None
+        else routing_keys(original)
+    )
+    # as RabbitMQ does: a dead-letter routing key replaces the CC keys, and
+    # x-delivery-count is added per delivery, never carried by the message
+    drop: tuple[str, ...] = ()
+    if settings.dead_letter_routing_key is not None:
+        drop = ("CC",)
+    if queue.count_deliveries:
+        drop += ("x-delivery-count",)
+    copy, history = dead_lettered_copy(
+        original, queue.name, reason, dlx_name, keys[0], drop
+    )
+    targets: dict[int, Queue] = {}
+    for key in keys:
+        routed = copy if key == copy.routing_key else Message(
+            copy.exchange, key, shortstr(dlx_name) + shortstr(key),
+            copy.header, copy.body, copy.spans,
+        )  # fmt: skip
+        for target in queue.vhost.route(exchange, routed):
+            if is_cycle(history, target.name):
+                continue  # a cycle without a rejection: drop
+            if not target.refuses(copy):
+                targets[id(target)] = target
+    return copy, list(targets.values())

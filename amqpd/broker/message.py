@@ -15,7 +15,10 @@ class Message:
     two short strings basic.deliver carries.
     """
 
-    __slots__ = ("body", "ex_rk", "exchange", "header", "routing_key", "spans", "ttl")
+    __slots__ = (
+        "body", "ex_rk", "exchange", "header", "journal_id", "routing_key", "spans",
+        "ttl",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -34,6 +37,8 @@ class Message:
         self.spans = spans
         # per-message TTL in ms from the expiration property, set at publish
         self.ttl: int | None = None
+        # the journal's id for a persistent message in durable queues, else 0
+        self.journal_id = 0
 
     def prop(self, name: str) -> Any:
         """One decoded property (None when absent)."""

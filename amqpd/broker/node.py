@@ -11,6 +11,7 @@ from amqpd.auth.users import User, hash_password
 from amqpd.broker.clock import AsyncioScheduler
 from amqpd.broker.policy import Policy, validate_policy
 from amqpd.broker.queue import Scheduler
+from amqpd.broker.storage import MessageStore
 from amqpd.broker.vhost import PersistOp, VHost
 from amqpd.config import Config
 from amqpd.persistence.definitions import model as records
@@ -36,6 +37,14 @@ class Node:
         # where definition changes go to be stored (set by the server once
         # the definitions store is open); None while nothing is stored
         self.persist: Callable[[PersistOp], None] | None = None
+        self.message_store: MessageStore | None = None
+
+    def set_message_store(self, store: MessageStore | None) -> None:
+        """Journal persistent messages of durable queues declared from now on
+        (set before definitions are restored)."""
+        self.message_store = store
+        for vhost in self.vhosts.values():
+            vhost.store = store
 
     def _persist(self, op: PersistOp) -> None:
         if self.persist is not None:
@@ -62,6 +71,7 @@ class Node:
         if vhost is None:
             vhost = self.vhosts[name] = VHost(name, self.scheduler)
             vhost.persist = self._persist
+            vhost.store = self.message_store
             if store:
                 record = records.VHost(name)
                 self._persist(lambda s: s.put_vhost(record))

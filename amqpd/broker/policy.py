@@ -31,6 +31,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def amqp_type_name(value: Any) -> str:
+    """RabbitMQ's name for a field value's type, as its errors say it (an
+    integer's wire width is not kept: it is called signedint)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    names = {int: "signedint", float: "double", dict: "table", list: "array"}
+    return names.get(type(value), type(value).__name__)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A named policy of one virtual host."""
@@ -168,7 +179,10 @@ def validate_queue_arguments(
         )
     sac = arguments.get("x-single-active-consumer")
     if sac is not None and not isinstance(sac, bool):
-        raise bad("x-single-active-consumer", "{unacceptable_type}")
+        raise bad(
+            "x-single-active-consumer",
+            f"{{unacceptable_type,{amqp_type_name(sac)}}}",
+        )
     queue_type = arguments.get("x-queue-type", "classic")
     if isinstance(queue_type, bytes):
         queue_type = queue_type.decode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,6 +20,7 @@ from amqpd.broker.consumer import Consumer
 from amqpd.broker.message import Message
 from amqpd.broker.policy import QueueSettings, resolve
 from amqpd.broker.ready import FifoReady, PriorityReady
+from amqpd.broker.storage import MessageStore, queue_key
 from amqpd.codec import properties, table
 
 if TYPE_CHECKING:
@@ -100,6 +102,12 @@ class Queue:
         self._expiry_at = 0.0
         self._idle_timer: TimerHandle | None = None
         self.last_used = 0.0
+        # persistent messages of durable, non-exclusive queues are journaled
+        self.store: MessageStore | None = (
+            vhost.store if durable and exclusive_owner is None else None
+        )
+        self.journaled = self.store is not None
+        self.journal_key = queue_key(vhost.name, name)
         self.settings = QueueSettings()
         self.count_deliveries = False
         self.plain = True
@@ -143,6 +151,42 @@ class Queue:
 
     # messages in
 
+    def refuses(self, message: Message) -> bool:
+        """True if x-overflow reject-publish* would refuse this message now."""
+        settings = self.settings
+        return (
+            settings.limited
+            and settings.overflow != "drop-head"
+            and self._would_overflow(len(message.body))
+        )
+
+    def ttl_for(self, message: Message) -> int | None:
+        """The TTL in ms this queue gives the message (the lower of the
+        queue's and the message's), or None."""
+        ttl = self.settings.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            ttl = message.ttl
+        return ttl
+
+    def deadline_ms(self, message: Message) -> int:
+        """The absolute (wall clock) expiry in ms the journal keeps, or 0."""
+        ttl = self.ttl_for(message)
+        return 0 if ttl is None else int(time.time() * 1000) + ttl
+
+    def restore(self, entries: list[Entry]) -> None:
+        """Recovered messages, in order, ready again."""
+        for entry in entries:
+            if self.max_priority:
+                prio = entry.message.priority
+                entry.priority = min(max(prio, 0), self.max_priority)
+            self.ready.append(entry)
+            self.ready_bytes += entry.size
+            if entry.expires_at:
+                self._track_expiry(entry)
+            self._seq = max(self._seq, entry.seq)
+        if self.settings.limited:
+            self._enforce_limits()
+
     def publish(self, message: Message) -> bool:
         """Enqueue a routed message; False if the queue refused it
         (x-overflow reject-publish)."""
@@ -169,9 +213,7 @@ class Queue:
         if self.max_priority:
             prio = message.priority
             entry.priority = prio if prio <= self.max_priority else self.max_priority
-        ttl = settings.message_ttl
-        if message.ttl is not None and (ttl is None or message.ttl < ttl):
-            ttl = message.ttl
+        ttl = self.ttl_for(message)
         if ttl is not None:
             if ttl == 0:
                 self._publish_now_or_expire(entry)
@@ -202,8 +244,11 @@ class Queue:
         limit = self.settings.delivery_limit
         over: list[Entry] = []
         now = self.scheduler.clock() if self._heap else 0.0
+        store = self.store
         for entry in entries:
             entry.returns += 1
+            if store is not None and entry.message.journal_id:
+                store.returned(self, entry)
             if limit is not None and entry.returns > limit:
                 entry.state = GONE
                 over.append(entry)
@@ -286,6 +331,8 @@ class Queue:
             self.ready_bytes -= entry.size
             if consumer.no_ack:
                 entry.state = GONE
+                if self.store is not None and entry.message.journal_id:
+                    self.store.removed(self, entry)
             else:
                 entry.state = UNACKED
                 self.unacked += 1
@@ -298,6 +345,8 @@ class Queue:
     def _deliver(self, consumer: Consumer, entry: Entry) -> None:
         if consumer.no_ack:
             entry.state = GONE
+            if self.store is not None and entry.message.journal_id:
+                self.store.removed(self, entry)
         else:
             entry.state = UNACKED
             self.unacked += 1
@@ -319,6 +368,8 @@ class Queue:
                 continue
             if no_ack:
                 entry.state = GONE
+                if self.store is not None and entry.message.journal_id:
+                    self.store.removed(self, entry)
             else:
                 entry.state = UNACKED
                 self.unacked += 1
@@ -327,12 +378,22 @@ class Queue:
             return entry
         return None
 
-    def settle(self, count: int = 1) -> None:
-        """Acked: no longer unacked."""
-        self.unacked -= count
+    def ack(self, entry: Entry) -> None:
+        """Acked: no longer unacked, and gone for good."""
+        self.unacked -= 1
+        entry.state = GONE
+        if self.store is not None and entry.message.journal_id and not self.deleted:
+            self.store.removed(self, entry)
 
     def purge(self) -> int:
         count = len(self.ready)
+        if self.store is not None and count:
+            if self.unacked:
+                for entry in self.ready:
+                    if entry.message.journal_id:
+                        self.store.removed(self, entry)
+            else:
+                self.store.purged(self)
         for entry in self.ready:
             entry.state = GONE
         self.ready.clear()
@@ -430,11 +491,9 @@ class Queue:
     def _idle_check(self) -> None:
         self._idle_timer = None
         expires = self.settings.expires
-        if self.deleted or expires is None:
-            return
-        if not self.consumers and (
-            self.scheduler.clock() - self.last_used >= expires / 1000 - 0.001
-        ):
+        if self.deleted or expires is None or self.consumers:
+            return  # with consumers, the timer starts again when the last leaves
+        if self.scheduler.clock() - self.last_used >= expires / 1000 - 0.001:
             self.vhost.delete_queue(self.name)
             return
         self._arm_idle_timer()
@@ -458,6 +517,8 @@ class Queue:
             if self.auto_delete and self._had_consumer:
                 self.vhost.delete_queue(self.name)
                 return
+            if self.settings.expires is not None:
+                self._arm_idle_timer()
         elif self.single_active:
             self.dispatch()  # the next consumer in line takes over
 
@@ -477,7 +538,13 @@ class Queue:
             if timer is not None:
                 timer.cancel()
         self._expiry_timer = self._idle_timer = None
-        self.purge()
+        for entry in self.ready:
+            entry.state = GONE
+        self.ready.clear()
+        self.ready_bytes = 0
+        self._heap.clear()
+        if self.store is not None:
+            self.store.purged(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} unacked={self.unacked}>"

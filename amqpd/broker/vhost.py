@@ -16,6 +16,7 @@ from amqpd import exchanges
 from amqpd.broker.message import Message
 from amqpd.broker.policy import Policy, resolve, validate_queue_arguments
 from amqpd.broker.queue import Queue, Scheduler
+from amqpd.broker.storage import MessageStore
 from amqpd.errors import (
     AccessRefused,
     CommandInvalid,
@@ -132,6 +133,8 @@ class VHost:
         self.queues: dict[str, Queue] = {}
         self.policies: dict[str, Policy] = {}
         self.persist: Callable[[PersistOp], None] = _no_persist
+        # the journal of persistent messages (None: nothing is journaled)
+        self.store: MessageStore | None = None
         self._declare_defaults()
 
     def _declare_defaults(self) -> None:
@@ -298,7 +301,10 @@ class VHost:
     ) -> Queue:
         check_name(name, "queue")
         if passive:
-            return self.get_queue(name, owner)
+            # as in RabbitMQ, a passive declare counts as use (x-expires)
+            queue = self.get_queue(name, owner)
+            queue.touch()
+            return queue
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
         elif name.startswith("amq."):

@@ -9,8 +9,11 @@ as RabbitMQ does.
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import os
+import re
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,7 @@ from pamqp.base import Frame as Method
 
 from amqpd.broker.consumer import Consumer
 from amqpd.broker.message import Message
+from amqpd.broker.policy import amqp_type_name
 from amqpd.broker.queue import Entry, Queue
 from amqpd.broker.vhost import Exchange
 from amqpd.codec import fastpath, properties, table
@@ -28,6 +32,7 @@ from amqpd.errors import (
     AMQPError,
     ChannelErrorHard,
     FrameError,
+    InternalError,
     NotAllowed,
     NotFound,
     NotImplemented_,
@@ -49,20 +54,42 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = REPLY_TO + "."
 
 
+MAX_EXPIRATION = 315_360_000_000  # ms (ten years), RabbitMQ's limit
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_expiration(value: str) -> int:
-    """The per-message TTL in ms; 406 for what RabbitMQ refuses."""
-    text = value.strip()
-    try:
-        ttl = int(text)
-    except ValueError:
+    """The per-message TTL in ms; 406 for what RabbitMQ refuses. The text
+    is read as RabbitMQ reads it: a sign, ASCII digits and nothing else (no
+    blanks, no underscores)."""
+    match = _INTEGER.match(value)
+    if match is None:
+        why = "no_integer"
+    elif match.end() != len(value):
+        why = f'{{leftover_string,"{value[match.end() :]}"}}'
+    else:
+        ttl = int(match.group())
+        if 0 <= ttl <= MAX_EXPIRATION:
+            return ttl
+        kind = "value_negative" if ttl < 0 else "value_too_large"
+        why = f"{{{kind},{ttl}}}"
+    raise PreconditionFailed(f"invalid expiration '{value}': {why}", 60, 40)
+
+
+def _check_consume_arguments(arguments: dict[str, Any], where: str) -> None:
+    """406 for the consumer arguments RabbitMQ refuses."""
+    prio = arguments.get("x-priority")
+    if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool)):
         raise PreconditionFailed(
-            f"invalid expiration '{value}': no_integer", 60, 40
-        ) from None
-    if ttl < 0:
+            f"invalid arg 'x-priority' for {where}: "
+            f'"expected integer, got {amqp_type_name(prio)}"', 60, 20,
+        )  # fmt: skip
+    failover = arguments.get("x-cancel-on-ha-failover")
+    if failover is not None and not isinstance(failover, bool):
         raise PreconditionFailed(
-            f"invalid expiration '{value}': {{value_negative,{ttl}}}", 60, 40
-        )
-    return ttl
+            f"invalid arg 'x-cancel-on-ha-failover' for {where}: "
+            f"{{unacceptable_type,{amqp_type_name(failover)}}}", 60, 20,
+        )  # fmt: skip
 
 
 def _random_tag(prefix: str) -> str:
@@ -96,6 +123,9 @@ class ChannelMachine:
         self.publish_seq = 0
         self.confirmed_upto = 0
         self.nacks: list[int] = []
+        # publish seqs of journaled messages whose fsync is pending
+        self.durable_waits: deque[int] = deque()
+        self.tx_lsn = 0  # the journal position a tx.commit-ok waits for
         # transactions: a list of deferred actions applied on commit
         self.tx: list[Callable[[], None]] | None = None
         self.tx_taken: list[tuple[int, Unacked]] = []
@@ -251,6 +281,11 @@ class ChannelMachine:
             for queue in vhost.route(exchange, routed):
                 if queue not in queues:
                     queues.append(queue)
+        lsn = 0
+        store = vhost.store
+        if store is not None and queues and "delivery_mode" in message.spans:
+            if message.persistent:
+                lsn = store.publish(message, queues)
         refused = False
         for queue in queues:
             if not queue.publish(message):
@@ -259,8 +294,22 @@ class ChannelMachine:
             self._return(message, 312, "NO_ROUTE")
         if self.confirming:
             if refused:
-                self.nacks.append(self.publish_seq)
+                bisect.insort(self.nacks, self.publish_seq)
+            if lsn:
+                # the confirm of a journaled message waits for its fsync
+                self.durable_waits.append(self.publish_seq)
+                store.journal.on_durable(lsn, self._on_durable)
             self.conn.confirms_pending.add(self)
+        elif lsn and self.tx is not None:
+            self.tx_lsn = lsn
+
+    def _on_durable(self, error: Exception | None) -> None:
+        """The journal made the oldest waiting message durable (or failed)."""
+        seq = self.durable_waits.popleft()
+        if error is not None:
+            bisect.insort(self.nacks, seq)
+        if self.state == OPEN:
+            self.flush_confirms()
 
     # direct reply-to
 
@@ -353,15 +402,18 @@ class ChannelMachine:
     def flush_confirms(self) -> None:
         """Send the acks (and nacks) for everything published so far."""
         upto = self.publish_seq
-        if upto == self.confirmed_upto:
+        if self.durable_waits:
+            upto = self.durable_waits[0] - 1
+        if upto <= self.confirmed_upto:
             return
         start = self.confirmed_upto
-        for tag in self.nacks:
+        nacks = self.nacks
+        while nacks and nacks[0] <= upto:
+            tag = nacks.pop(0)
             if tag - 1 > start:
                 self._send_confirm(spec.Basic.Ack, start, tag - 1)
             self._send_confirm(spec.Basic.Nack, tag - 1, tag)
             start = tag
-        self.nacks.clear()
         if upto > start:
             self._send_confirm(spec.Basic.Ack, start, upto)
         self.confirmed_upto = upto
@@ -433,8 +485,8 @@ class ChannelMachine:
     def _settle(self, items: list[Unacked]) -> None:
         """Acked: release the messages and let the queues deliver more."""
         touched: dict[int, Queue] = {}
-        for _entry, queue, consumer in items:
-            queue.settle()
+        for entry, queue, consumer in items:
+            queue.ack(entry)
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
@@ -516,11 +568,15 @@ class ChannelMachine:
         for tag, item in self.tx_taken:
             self.unacked[tag] = item
         self.tx_taken = []
+        # requeue before the consumers leave, with this channel's consumers
+        # unable to take them back: as in RabbitMQ, a single active consumer
+        # taking over gets the requeued messages first, in their places
+        self.flow_active = False
+        self.requeue_all()
         consumers = list(self.consumers.values())
         self.consumers.clear()
         for consumer in consumers:
             consumer.queue.remove_consumer(consumer)
-        self.requeue_all()
 
     # exchange class
 
@@ -644,6 +700,8 @@ class ChannelMachine:
                 f"queue '{queue.name}' in vhost '{self.vhost.name}' in "
                 "exclusive use", 60, 20,
             )  # fmt: skip
+        where = self.vhost.where("queue", queue.name)
+        _check_consume_arguments(m.arguments or {}, where)
         consumer = Consumer(
             tag, queue, self, no_ack=m.no_ack, exclusive=m.exclusive,
             prefetch=self.prefetch_count, arguments=dict(m.arguments or {}),
@@ -702,8 +760,22 @@ class ChannelMachine:
             raise PreconditionFailed("channel is not transactional", 90, 20)
         actions, self.tx = self.tx, []
         self.tx_taken = []
+        self.tx_lsn = 0
         for action in actions:
             action()
+        store = self.vhost.store
+        if self.tx_lsn and store is not None:
+            # commit-ok for persistent messages only after their fsync
+            store.journal.on_durable(self.tx_lsn, self._on_commit_durable)
+            return
+        self.send(spec.Tx.CommitOk())
+
+    def _on_commit_durable(self, error: Exception | None) -> None:
+        if self.state != OPEN:
+            return
+        if error is not None:
+            self.conn.fail(InternalError(f"journal failed: {error}"))
+            return
         self.send(spec.Tx.CommitOk())
 
     def _on_tx_rollback(self, m: spec.Tx.Rollback) -> None:

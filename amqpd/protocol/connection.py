@@ -471,6 +471,10 @@ class ConnectionMachine:
 
     # closing
 
+    def fail(self, exc: AMQPError) -> None:
+        """Close the connection with a hard error (from outside a frame)."""
+        self._fail(exc)
+
     def _fail(self, exc: AMQPError) -> None:
         """A hard error: close the connection with its reply code."""
         if self.state in (CLOSING_CONN, CLOSED):

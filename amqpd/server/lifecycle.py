@@ -20,8 +20,16 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from amqpd.broker.node import Node
+from amqpd.broker.storage import MessageStore
 from amqpd.config import Config
 from amqpd.persistence.definitions import DefinitionsError, DefinitionsStore
+from amqpd.persistence.journal import (
+    DiskJournal,
+    JournalError,
+    JournalOptions,
+    RecoveredState,
+)
+from amqpd.persistence.journal.keyring import keyring_from_specs
 from amqpd.server import definitions
 from amqpd.server.alarms import AlarmMonitor
 from amqpd.server.driver import ConnectionDriver
@@ -104,6 +112,9 @@ class Broker:
         self.addresses: list[str] = []
         self.alarms: AlarmMonitor | None = None
         self.definitions: definitions.DefinitionsWriter | None = None
+        self.journal: DiskJournal | None = None
+        self._journal_stop = anyio.Event()
+        self._journal_started = False
         self._store: DefinitionsStore | None = None
         self.port = 0
 
@@ -140,12 +151,16 @@ class Broker:
         self._lock = DataDirLock(self.data_dir)
         try:
             self._lock.acquire()
+            recovered = await self._open_journal()
             await self._open_definitions()
             self.node.ensure_defaults()
             try:
                 self.node.load_config_policies()
             except ValueError as exc:
                 raise StartupError(f"bad policy in configuration: {exc}") from None
+            if self.node.message_store is not None:
+                count = self.node.message_store.restore(self.node, recovered)
+                log.info("recovered %d messages from the journal", count)
             await self._listen()
         except BaseException:
             await self._cleanup()
@@ -155,11 +170,44 @@ class Broker:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.alarms.run)
+        if self.journal is not None:
+            await self._tg.start(self._run_journal, self.journal)
         if self.definitions is not None:
             self._tg.start_soon(self.definitions.run)
         for listener in self._listeners:
             self._tg.start_soon(self._accept, listener)
         log.info("amqpd ready: listening on %s", ", ".join(self.addresses))
+
+    async def _open_journal(self) -> RecoveredState:
+        """Open and recover the journal (before definitions, so that durable
+        queues are declared journaled). A missing or wrong key stops the
+        start before anything is changed."""
+        config = self.config
+        try:
+            keyring = keyring_from_specs(
+                config.journal_keys, os.environ.get("AMQPD_JOURNAL_KEY")
+            )
+            options = JournalOptions(
+                fsync=config.journal_fsync,  # type: ignore[arg-type]
+                fsync_interval_ms=config.journal_fsync_interval_ms,
+                segment_size=config.journal_segment_size,
+                compress_threshold=config.journal_compress_threshold or None,
+            )
+            journal = DiskJournal(self.data_dir / "journal", options, keyring=keyring)
+            state = await anyio.to_thread.run_sync(journal.recover)
+        except (JournalError, ValueError, OSError) as exc:
+            raise StartupError(f"journal: {exc}") from None
+        self.journal = journal
+        self.node.set_message_store(MessageStore(journal, state.next_message_id))
+        return state
+
+    async def _run_journal(
+        self, journal: DiskJournal, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        async with journal:
+            self._journal_started = True
+            task_status.started()
+            await self._journal_stop.wait()
 
     async def _open_definitions(self) -> None:
         """Open the definitions store, merge a configured definitions file,
@@ -234,6 +282,7 @@ class Broker:
         if self.definitions is not None:
             with anyio.move_on_after(DRAIN_TIMEOUT):
                 await self.definitions.flush()
+        self._journal_stop.set()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
@@ -242,6 +291,10 @@ class Broker:
 
     async def _cleanup(self) -> None:
         self.node.persist = None
+        self.node.set_message_store(None)
+        if self.journal is not None and not self._journal_started:
+            self.journal.close()
+        self.journal = None
         self.definitions = None
         if self._store is not None:
             with anyio.CancelScope(shield=True):

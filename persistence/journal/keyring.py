@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import JournalKeyError
@@ -103,3 +104,39 @@ def read_key_id(data: bytes) -> str:
         return data[1 : 1 + length].decode()
     except UnicodeDecodeError:
         raise JournalKeyError("encrypted payload has an unreadable key id") from None
+
+
+def read_key(path: Path) -> bytes:
+    """A key file: 32 raw bytes or 64 hex digits."""
+    data = path.read_bytes()
+    if len(data) == KEY_SIZE:
+        return data
+    text = data.strip()
+    if len(text) == KEY_SIZE * 2:
+        return bytes.fromhex(text.decode("ascii"))
+    raise ValueError(f"{path}: not a {KEY_SIZE}-byte key")
+
+
+def keyring_from_specs(specs: list[str], env_key: str | None = None) -> Keyring | None:
+    """A keyring from "ID=PATH" specs (the first is active) and an optional
+    "ID=HEX" key from the environment (active when given); None if no keys.
+    ValueError or OSError for a spec or key file that cannot be used."""
+    keys: dict[str, bytes] = {}
+    active: str | None = None
+    if env_key:
+        key_id, sep, text = env_key.partition("=")
+        if not sep:
+            raise ValueError("the environment key must look like ID=HEX")
+        try:
+            raw = bytes.fromhex(text.strip())
+        except ValueError:
+            raise ValueError("the environment key is not hex") from None
+        keys[key_id] = raw
+        active = key_id
+    for spec in specs:
+        key_id, sep, path = spec.partition("=")
+        if not sep:
+            raise ValueError(f"key spec wants ID=PATH, got {spec!r}")
+        keys[key_id] = read_key(Path(path))
+        active = active or key_id
+    return Keyring(keys, active) if keys else None
