@@ -94,7 +94,7 @@ def reject(ch: BlockingChannel, name: str) -> bytes:
     method, _props, body = ch.basic_get(name)
     assert method is not None, f"nothing in {name}"
     ch.basic_reject(method.delivery_tag, requeue=False)
-    return body
+    return bytes(body)
 
 
 def wait_get(
@@ -168,7 +168,7 @@ PROPERTY_KINDS = (
 def properties_of(header: bytes) -> dict[str, Any]:
     """A content header payload's properties; headers as tagged fields."""
     (flags,) = struct.unpack_from(">H", header, 12)
-    pos, found = 14, {}
+    pos, found = 14, dict[str, Any]()
     for i, (name, kind) in enumerate(PROPERTY_KINDS):
         if not flags & (1 << (15 - i)):
             continue
