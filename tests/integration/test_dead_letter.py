@@ -12,6 +12,7 @@ x-last-death-* headers (those came with later RabbitMQ releases).
 
 from __future__ import annotations
 
+import datetime
 import socket
 import struct
 import time
@@ -338,7 +339,7 @@ def x_death(props: pika.BasicProperties) -> list[dict[str, Any]]:
     out = []
     for death in deaths:
         death = dict(death)
-        assert isinstance(death.pop("time"), __import__("datetime").datetime)
+        assert isinstance(death.pop("time"), datetime.datetime)
         assert type(death["count"]) is long  # pika's type for the 'l' tag
         out.append(death)
     return out
