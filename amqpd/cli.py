@@ -19,6 +19,7 @@ import anyio
 from amqpd import __version__
 from amqpd.config import LOG_LEVELS, Config, ConfigError, default_data_dir, load_file
 from amqpd.log import configure
+from amqpd.server import gctune
 
 log = logging.getLogger("amqpd.server")
 
@@ -86,9 +87,12 @@ async def serve(config: Config) -> None:
     # catch the signals before the ready line is logged: a SIGTERM sent as
     # soon as it appears must stop the broker cleanly, not kill it
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Broker(config):
+        async with Broker(config), anyio.create_task_group() as tg:
+            gctune.apply()
+            tg.start_soon(gctune.collect_periodically)
             async for signum in signals:
                 log.info("received %s, stopping", signal.Signals(signum).name)
+                tg.cancel_scope.cancel()
                 return
 
 
