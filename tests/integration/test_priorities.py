@@ -66,7 +66,8 @@ def publish_all(
     ch: BlockingChannel, queue: str, messages: list[tuple[str, int | None]]
 ) -> None:
     for body, priority in messages:
-        ch.basic_publish("", queue, body.encode(), pika.BasicProperties(priority=priority))
+        props = pika.BasicProperties(priority=priority)
+        ch.basic_publish("", queue, body.encode(), props)
 
 
 def drain(ch: BlockingChannel, queue: str) -> list[str]:
