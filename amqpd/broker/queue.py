@@ -235,6 +235,10 @@ class Queue:
             entry.state = GONE
             deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
         else:
+            # already due: requeued, it expires rather than coming back (as
+            # in RabbitMQ). A clock at exactly 0.0 (only a test's manual
+            # clock) reads as "no deadline" and the message would return.
+            entry.expires_at = self.scheduler.clock()
             self._deliver(consumer, entry)
 
     def requeue(self, entries: list[Entry]) -> None:

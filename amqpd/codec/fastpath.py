@@ -161,3 +161,19 @@ def return_frame(
     return (
         FRAME_HEAD.pack(FRAME_METHOD, channel, len(payload)) + payload + FRAME_END_BYTE
     )
+
+
+_CONFIRM_ACK_ID = b"\x00\x3c\x00\x50"
+_CONFIRM_NACK_ID = b"\x00\x3c\x00\x78"
+_CONFIRM_SIZE = 4 + 8 + 1
+
+
+def confirm_frame(channel: int, tag: int, multiple: bool, nack: bool = False) -> bytes:
+    """basic.ack (or basic.nack without requeue) from the broker, for
+    publisher confirms."""
+    return b"".join((
+        FRAME_HEAD.pack(FRAME_METHOD, channel, _CONFIRM_SIZE),
+        _CONFIRM_NACK_ID if nack else _CONFIRM_ACK_ID,
+        _ACK.pack(tag, 1 if multiple else 0),
+        FRAME_END_BYTE,
+    ))  # fmt: skip

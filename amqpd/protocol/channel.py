@@ -309,7 +309,10 @@ class ChannelMachine:
         if error is not None:
             bisect.insort(self.nacks, seq)
         if self.state == OPEN:
-            self.flush_confirms()
+            # confirms of one fsync leave together, as one ack multiple,
+            # when the driver next takes the output
+            self.conn.confirms_pending.add(self)
+            self.conn.wake()
 
     # direct reply-to
 
@@ -408,20 +411,17 @@ class ChannelMachine:
             return
         start = self.confirmed_upto
         nacks = self.nacks
+        write = self.conn.write
+        number = self.number
         while nacks and nacks[0] <= upto:
             tag = nacks.pop(0)
             if tag - 1 > start:
-                self._send_confirm(spec.Basic.Ack, start, tag - 1)
-            self._send_confirm(spec.Basic.Nack, tag - 1, tag)
+                write(fastpath.confirm_frame(number, tag - 1, tag - 1 - start > 1))
+            write(fastpath.confirm_frame(number, tag, False, nack=True))
             start = tag
         if upto > start:
-            self._send_confirm(spec.Basic.Ack, start, upto)
+            write(fastpath.confirm_frame(number, upto, upto - start > 1))
         self.confirmed_upto = upto
-
-    def _send_confirm(
-        self, kind: type[spec.Basic.Ack | spec.Basic.Nack], after: int, upto: int
-    ) -> None:
-        self.send(kind(delivery_tag=upto, multiple=upto - after > 1))
 
     # deliveries (DeliverySink)
 
@@ -619,16 +619,14 @@ class ChannelMachine:
 
     def _on_queue_declare(self, m: spec.Queue.Declare) -> None:
         if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO_PREFIX):
-            # RabbitMQ answers a passive declare of the pseudo-queue
-            if not m.passive:
-                raise AccessRefused(
-                    f"queue name '{m.queue}' contains reserved prefix 'amq.*'", 50, 10
-                )
+            # as RabbitMQ, passive or not: the pseudo-queue exists, with one
+            # consumer; a reply address exists while its channel consumes
             token = m.queue[len(REPLY_TO_PREFIX) :]
             if m.queue != REPLY_TO and token not in self.conn.node.reply_channels:
                 raise NotFound(f"no queue '{m.queue}' in vhost '{self.vhost.name}'")
-            self.send(spec.Queue.DeclareOk(queue=m.queue, message_count=0,
-                                           consumer_count=0))  # fmt: skip
+            if not m.nowait:
+                self.send(spec.Queue.DeclareOk(queue=m.queue, message_count=0,
+                                               consumer_count=1))  # fmt: skip
             return
         queue = self.vhost.declare_queue(
             m.queue, passive=m.passive, durable=m.durable, exclusive=m.exclusive,

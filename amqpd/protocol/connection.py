@@ -44,6 +44,7 @@ from amqpd.errors import (
     UnexpectedFrame,
 )
 from amqpd.protocol.channel import CLOSING, ChannelMachine
+from amqpd.protocol.channel import OPEN as CHANNEL_OPEN
 
 if TYPE_CHECKING:
     from amqpd.broker.node import Node
@@ -134,8 +135,14 @@ class ConnectionMachine:
         if size > self.output_limit:
             self.saturated = True
 
+    def wake(self) -> None:
+        """Ask the driver to take the output soon (confirms are pending)."""
+        self._wake()
+
     def take_output(self) -> bytes:
         """Everything written since the last call, as one buffer."""
+        if self.confirms_pending:
+            self.flush_confirms()
         data = b"".join(self.output)
         self.output.clear()
         self.output_size = 0
@@ -196,9 +203,14 @@ class ConnectionMachine:
             if pos:
                 del buf[:pos]
             if self.confirms_pending:
-                for channel in self.confirms_pending:
-                    channel.flush_confirms()
-                self.confirms_pending.clear()
+                self.flush_confirms()
+
+    def flush_confirms(self) -> None:
+        pending = list(self.confirms_pending)
+        self.confirms_pending.clear()
+        for channel in pending:
+            if channel.state == CHANNEL_OPEN:
+                channel.flush_confirms()
 
     def _on_frame(self, ftype: int, number: int, payload: bytes) -> None:
         channel = self.channels.get(number) if number else None
