@@ -58,6 +58,9 @@ class Config:
     # encrypts new records, the others only read old segments. The
     # environment variable AMQPD_JOURNAL_KEY="ID=HEX" adds an active key.
     journal_keys: list[str] = field(default_factory=list)
+    # bytes of message bodies the broker keeps in memory; past it, bodies of
+    # newly queued messages go to a scratch file in the data directory
+    message_memory_budget: int = 512 * 1024 * 1024
     # resource alarms: publishers are blocked while the process RSS is above
     # the watermark (a fraction of RAM when <= 1, else bytes) or the data
     # directory's disk has less free space than disk_free_limit bytes
@@ -73,7 +76,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _INT_KEYS = {
     "port", "channel_max", "frame_max", "heartbeat", "max_message_size",
     "output_buffer_limit", "journal_fsync_interval_ms", "journal_segment_size",
-    "journal_compress_threshold",
+    "journal_compress_threshold", "message_memory_budget",
 }  # fmt: skip
 _STR_KEYS = {"log_level", "default_user", "default_pass", "default_vhost"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -124,10 +124,9 @@ def dead_lettered_copy(
         message.spans,
         {"headers": table.join_table(new_entries), "expiration": None},
     )
-    copy = Message(
-        dlx, routing_key, shortstr(dlx) + shortstr(routing_key), header,
-        message.body, properties.scan(header),
-    )  # fmt: skip
+    copy = message.derive(
+        dlx, routing_key, shortstr(dlx) + shortstr(routing_key), header
+    )
     return copy, history
 
 
@@ -163,6 +162,8 @@ def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
             store.moved(queue, entry, copy, targets)  # type: ignore[union-attr]
         elif targets and vhost.store is not None and copy.persistent:
             vhost.store.publish(copy, targets)
+        if targets and vhost.pager is not None:
+            vhost.pager.admit(copy)
         for target in targets:
             target.publish(copy)
 

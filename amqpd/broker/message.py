@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqpd.codec import properties
+
+if TYPE_CHECKING:
+    from amqpd.broker.paging import Pager
 
 
 class Message:
@@ -16,8 +19,8 @@ class Message:
     """
 
     __slots__ = (
-        "body", "ex_rk", "exchange", "header", "journal_id", "routing_key", "spans",
-        "ttl",
+        "body", "counted", "ex_rk", "exchange", "header", "journal_id", "page",
+        "pager", "routing_key", "size", "spans", "ttl",
     )  # fmt: skip
 
     def __init__(
@@ -26,19 +29,46 @@ class Message:
         routing_key: str,
         ex_rk: bytes,
         header: bytes,
-        body: bytes,
+        body: bytes | None,
         spans: properties.Spans,
+        size: int = 0,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.ex_rk = ex_rk
         self.header = header
+        # the body, or None while it is paged out (see paging.py)
         self.body = body
+        self.size = len(body) if body is not None else size
         self.spans = spans
+        self.page: tuple[int, int] | None = None
+        self.counted = False  # in the pager's accounting
+        self.pager: Pager | None = None
         # per-message TTL in ms from the expiration property, set at publish
         self.ttl: int | None = None
         # the journal's id for a persistent message in durable queues, else 0
         self.journal_id = 0
+
+    def content(self) -> bytes:
+        """The body, read back from the scratch file if it is paged out."""
+        body = self.body
+        if body is not None:
+            return body
+        assert self.pager is not None
+        return self.pager.read(self)
+
+    def derive(
+        self, exchange: str, routing_key: str, ex_rk: bytes, header: bytes
+    ) -> Message:
+        """A copy with other routing data or header, sharing the body (paged
+        or not)."""
+        copy = Message(
+            exchange, routing_key, ex_rk, header, self.body,
+            properties.scan(header), self.size,
+        )  # fmt: skip
+        if self.page is not None and self.pager is not None:
+            self.pager.share(copy, self)
+        return copy
 
     def prop(self, name: str) -> Any:
         """One decoded property (None when absent)."""
@@ -60,14 +90,22 @@ class Message:
     def replace(self, changes: dict[str, bytes | None]) -> Message:
         """A copy with some properties replaced, the others kept byte for byte."""
         header = properties.rebuild(self.header, self.spans, changes)
-        return Message(
-            self.exchange,
-            self.routing_key,
-            self.ex_rk,
-            header,
-            self.body,
-            properties.scan(header),
-        )
+        copy = self.derive(self.exchange, self.routing_key, self.ex_rk, header)
+        copy.journal_id = self.journal_id
+        return copy
 
     def __repr__(self) -> str:
-        return f"<Message {self.exchange!r} {self.routing_key!r} {len(self.body)}B>"
+        return f"<Message {self.exchange!r} {self.routing_key!r} {self.size}B>"
+
+
+class CountedMessage(Message):
+    """A message in the pager's accounting: when the last queue lets go of
+    it, the pager hears of it (reference counting frees it at once; a
+    message is never part of a reference cycle)."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        pager = self.pager
+        if pager is not None:
+            pager.release(self)

@@ -9,6 +9,7 @@ from typing import Any
 
 from amqpd.auth.users import User, hash_password
 from amqpd.broker.clock import AsyncioScheduler
+from amqpd.broker.paging import Pager
 from amqpd.broker.policy import Policy, validate_policy
 from amqpd.broker.queue import Scheduler
 from amqpd.broker.storage import MessageStore
@@ -38,6 +39,7 @@ class Node:
         # the definitions store is open); None while nothing is stored
         self.persist: Callable[[PersistOp], None] | None = None
         self.message_store: MessageStore | None = None
+        self.pager: Pager | None = None
 
     def set_message_store(self, store: MessageStore | None) -> None:
         """Journal persistent messages of durable queues declared from now on
@@ -45,6 +47,12 @@ class Node:
         self.message_store = store
         for vhost in self.vhosts.values():
             vhost.store = store
+
+    def set_pager(self, pager: Pager | None) -> None:
+        """Account message bodies in memory and page them out past the budget."""
+        self.pager = pager
+        for vhost in self.vhosts.values():
+            vhost.pager = pager
 
     def _persist(self, op: PersistOp) -> None:
         if self.persist is not None:
@@ -72,6 +80,7 @@ class Node:
             vhost = self.vhosts[name] = VHost(name, self.scheduler)
             vhost.persist = self._persist
             vhost.store = self.message_store
+            vhost.pager = self.pager
             if store:
                 record = records.VHost(name)
                 self._persist(lambda s: s.put_vhost(record))

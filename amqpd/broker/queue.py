@@ -57,7 +57,7 @@ class Entry:
         self.expires_at = 0.0
         self.priority = 0
         self.state = READY
-        self.size = len(message.body)
+        self.size = message.size
 
 
 class Queue:
@@ -157,7 +157,7 @@ class Queue:
         return (
             settings.limited
             and settings.overflow != "drop-head"
-            and self._would_overflow(len(message.body))
+            and self._would_overflow(message.size)
         )
 
     def ttl_for(self, message: Message) -> int | None:
@@ -201,7 +201,7 @@ class Queue:
             return True
         settings = self.settings
         if settings.limited and settings.overflow != "drop-head":
-            if self._would_overflow(len(message.body)):
+            if self._would_overflow(message.size):
                 if settings.overflow == "reject-publish-dlx":
                     self._seq += 1
                     deadletter.dead_letter(
@@ -562,4 +562,7 @@ def with_delivery_count(message: Message, count: int) -> Message:
         [e for e in table.split_table(raw) if e[0] != "x-delivery-count"] if raw else []
     )
     entries.append(("x-delivery-count", table.long_long(count)))
-    return message.replace({"headers": table.join_table(entries)})
+    copy = message.replace({"headers": table.join_table(entries)})
+    if message.pager is not None and copy.page is None:
+        message.pager.admit(copy)
+    return copy

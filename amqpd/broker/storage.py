@@ -61,7 +61,7 @@ class MessageStore:
         priority = message.priority
         return MessageRecord(
             mid, message.exchange, message.routing_key, message.header,
-            message.body, 0, min(max(priority, 0), 255),
+            message.content(), 0, min(max(priority, 0), 255),
         )  # fmt: skip
 
     def publish(self, message: Message, queues: Iterable[Queue]) -> int:
@@ -144,6 +144,10 @@ class MessageStore:
                 if deadline:
                     entry.expires_at = now_mono + (deadline / 1000 - now_wall)
                 entries.append(entry)
+            pager = queue.vhost.pager
+            if pager is not None:
+                for entry in entries:
+                    pager.admit(entry.message)
             queue.restore(entries)
             count += len(entries)
         return count

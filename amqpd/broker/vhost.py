@@ -14,6 +14,7 @@ from typing import Any
 
 from amqpd import exchanges
 from amqpd.broker.message import Message
+from amqpd.broker.paging import Pager
 from amqpd.broker.policy import Policy, resolve, validate_queue_arguments
 from amqpd.broker.queue import Queue, Scheduler
 from amqpd.broker.storage import MessageStore
@@ -135,6 +136,8 @@ class VHost:
         self.persist: Callable[[PersistOp], None] = _no_persist
         # the journal of persistent messages (None: nothing is journaled)
         self.store: MessageStore | None = None
+        # the budget of message bodies in memory (None: no accounting)
+        self.pager: Pager | None = None
         self._declare_defaults()
 
     def _declare_defaults(self) -> None:

@@ -286,6 +286,8 @@ class ChannelMachine:
         if store is not None and queues and "delivery_mode" in message.spans:
             if message.persistent:
                 lsn = store.publish(message, queues)
+        if queues and vhost.pager is not None:
+            vhost.pager.admit(message)
         refused = False
         for queue in queues:
             if not queue.publish(message):
@@ -346,7 +348,9 @@ class ChannelMachine:
             self.number, self.reply_consumer, self.next_tag, False, message.ex_rk
         ))  # fmt: skip
         conn.write_many(
-            build_content(self.number, message.header, message.body, conn.frame_max)
+            build_content(
+                self.number, message.header, message.content(), conn.frame_max
+            )
         )
 
     def _consume_reply_to(self, m: spec.Basic.Consume) -> None:
@@ -398,7 +402,7 @@ class ChannelMachine:
         ))  # fmt: skip
         self.conn.write_many(
             build_content(
-                self.number, message.header, message.body, self.conn.frame_max
+                self.number, message.header, message.content(), self.conn.frame_max
             )
         )
 
@@ -443,7 +447,7 @@ class ChannelMachine:
         conn = self.conn
         conn.write(fastpath.deliver_message(
             self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk,
-            message.header, message.body, conn.frame_max,
+            message.header, message.content(), conn.frame_max,
         ))  # fmt: skip
 
     def cancel_by_server(self, consumer: Consumer) -> None:
@@ -734,7 +738,9 @@ class ChannelMachine:
             self.number, tag, entry.redelivered, message.ex_rk, queue.message_count
         ))  # fmt: skip
         conn.write_many(
-            build_content(self.number, message.header, message.body, conn.frame_max)
+            build_content(
+                self.number, message.header, message.content(), conn.frame_max
+            )
         )
 
     # confirm and tx classes

@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
 from amqpd.broker.node import Node
+from amqpd.broker.paging import Pager
 from amqpd.broker.storage import MessageStore
 from amqpd.config import Config
 from amqpd.persistence.definitions import DefinitionsError, DefinitionsStore
@@ -151,6 +152,9 @@ class Broker:
         self._lock = DataDirLock(self.data_dir)
         try:
             self._lock.acquire()
+            self.node.set_pager(
+                Pager(self.data_dir / "scratch", self.config.message_memory_budget)
+            )
             recovered = await self._open_journal()
             await self._open_definitions()
             self.node.ensure_defaults()
@@ -291,6 +295,9 @@ class Broker:
 
     async def _cleanup(self) -> None:
         self.node.persist = None
+        if self.node.pager is not None:
+            self.node.pager.close()
+            self.node.set_pager(None)
         self.node.set_message_store(None)
         if self.journal is not None and not self._journal_started:
             self.journal.close()
