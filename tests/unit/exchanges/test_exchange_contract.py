@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 import pytest
-from amqpd.exchanges import BindingError, ExchangeType
 
 from amqpd import exchanges
+from amqpd.exchanges import BindingError, ExchangeType
 
 Args = Mapping[str, object]
 

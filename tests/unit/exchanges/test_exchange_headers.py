@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 import pytest
+
 from amqpd.exchanges import BindingError
 from amqpd.exchanges.headers import HeadersExchange
 

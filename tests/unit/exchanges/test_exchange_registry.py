@@ -7,14 +7,14 @@ import random
 from collections.abc import Hashable, Mapping
 
 import pytest
+
+from amqpd import exchanges
 from amqpd.exchanges import ExchangeType, registry
 from amqpd.exchanges.direct import DirectExchange
 from amqpd.exchanges.fanout import FanoutExchange
 from amqpd.exchanges.headers import HeadersExchange
 from amqpd.exchanges.registry import ExchangeRegistry
 from amqpd.exchanges.topic import TopicExchange
-
-from amqpd import exchanges
 
 
 class RandomExchange(ExchangeType):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from amqpd.exchanges.topic import TopicExchange, split_words
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from amqpd.exchanges.topic import TopicExchange, split_words
 
 
 def reference_match(pattern: str, key: str) -> bool:
