@@ -1,0 +1,222 @@
+"""``amqpd definitions export|import FILE --data-dir DIR`` on real data dirs.
+
+Both work on a stopped broker only: a running broker holds DATA/amqpd.lock
+and they exit 1 saying so. A file exported from one data directory and
+imported into a fresh one gives a broker there the same topology and users.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from amqpd.testing import BrokerThread
+
+PRIORITY_ARGS = {"x-max-priority": 7, "x-dead-letter-exchange": "defs.topic"}
+
+
+def definitions(
+    *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "amqpd", "definitions", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, input=stdin)
+
+
+@contextmanager
+def channel(
+    broker: BrokerThread, user: str = "guest", password: str = "guest"
+) -> Iterator[BlockingChannel]:
+    params = pika.ConnectionParameters(
+        "127.0.0.1", broker.port, credentials=pika.PlainCredentials(user, password)
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        yield conn.channel()
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def declare_topology(broker: BrokerThread) -> None:
+    with channel(broker) as ch:
+        ch.exchange_declare("defs.topic", "topic", durable=True)
+        ch.exchange_declare("defs.fanout", "fanout", durable=True)
+        ch.exchange_bind("defs.fanout", "defs.topic", "a.#")
+        ch.queue_declare("defs.q", durable=True, arguments=PRIORITY_ARGS)
+        ch.queue_bind("defs.q", "defs.fanout", "")
+        ch.queue_declare("defs.capped", durable=True)
+        ch.queue_declare("defs.transient", durable=False)
+    assert broker.broker is not None
+    node = broker.broker.node
+    broker.call(node.add_user, "erin", "pa55word", ["management"])
+    broker.call(node.set_permission, "erin", "/", "^defs\\.", ".*", ".*")
+    broker.call(node.set_policy, "/", "cap", "^defs\\.capped$", {"max-length": 1})
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A stopped broker's data directory holding some topology and a user."""
+    path = tmp_path / "source"
+    with BrokerThread(data_dir=path) as broker:
+        declare_topology(broker)
+    return path
+
+
+def export(data_dir: Path, target: Path) -> dict[str, Any]:
+    done = definitions("export", str(target), "--data-dir", str(data_dir))
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(target.read_text())
+    return document
+
+
+def test_export_writes_the_stored_definitions_as_rabbitmq_json(
+    source: Path, tmp_path: Path
+) -> None:
+    document = export(source, tmp_path / "defs.json")
+
+    assert document["rabbit_version"].startswith("3.")
+    assert {q["name"]: q["arguments"] for q in document["queues"]} == {
+        "defs.q": PRIORITY_ARGS,
+        "defs.capped": {},
+    }
+    assert sorted(e["name"] for e in document["exchanges"]) == [
+        "defs.fanout", "defs.topic",
+    ]  # fmt: skip
+    bindings = {
+        (b["source"], b["destination"], b["destination_type"], b["routing_key"])
+        for b in document["bindings"]
+    }
+    assert bindings == {
+        ("defs.topic", "defs.fanout", "exchange", "a.#"),
+        ("defs.fanout", "defs.q", "queue", ""),
+    }
+    erin = next(u for u in document["users"] if u["name"] == "erin")
+    assert erin["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    assert erin["tags"] == ["management"]
+    assert "pa55word" not in json.dumps(document)
+    assert [p["name"] for p in document["policies"]] == ["cap"]
+
+
+def test_export_to_stdout(source: Path) -> None:
+    done = definitions("export", "-", "--data-dir", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "defs.q" in {q["name"] for q in json.loads(done.stdout)["queues"]}
+
+
+def test_export_and_import_refuse_a_running_broker(
+    source: Path, tmp_path: Path
+) -> None:
+    document = export(source, tmp_path / "defs.json")
+    document["queues"].append({
+        "name": "sneaked.in", "vhost": "/", "durable": True, "auto_delete": False,
+        "arguments": {},
+    })  # fmt: skip
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(document))
+
+    with BrokerThread(data_dir=source):
+        for args in (
+            ("export", str(tmp_path / "out.json")),
+            ("import", str(changed)),
+        ):
+            done = definitions(*args, "--data-dir", str(source))
+            assert done.returncode == 1
+            assert done.stderr == (
+                f"amqpd definitions {args[0]}: a broker is running on {source} "
+                f"(it holds {source / 'amqpd.lock'}); stop it first\n"
+            )
+    assert not (tmp_path / "out.json").exists()
+    after = export(source, tmp_path / "after.json")
+    assert "sneaked.in" not in {q["name"] for q in after["queues"]}
+
+
+def test_export_then_import_into_a_fresh_data_dir_brings_the_topology(
+    source: Path, tmp_path: Path
+) -> None:
+    exported = tmp_path / "defs.json"
+    export(source, exported)
+    target = tmp_path / "fresh"  # does not exist yet
+
+    done = definitions("import", str(exported), "--data-dir", str(target))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("imported ")
+    assert f"into {target}" in done.stderr
+
+    with BrokerThread(data_dir=target) as broker:
+        with channel(broker, "erin", "pa55word") as ch:
+            ch.queue_declare("defs.q", durable=True, arguments=PRIORITY_ARGS)
+            ch.confirm_delivery()
+            ch.basic_publish("defs.topic", "a.b", b"through-two-exchanges")
+            _method, _props, body = ch.basic_get("defs.q", auto_ack=True)
+            assert body == b"through-two-exchanges"
+            for n in range(3):
+                ch.basic_publish("", "defs.capped", f"m{n}".encode())
+            count = ch.queue_declare("defs.capped", passive=True).method
+            assert count.message_count == 1  # the imported policy applies
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            with channel(broker) as ch:
+                ch.queue_declare("defs.transient", passive=True)
+        assert closed.value.reply_code == 404
+    assert (
+        export(target, tmp_path / "again.json")["queues"]
+        == export(source, tmp_path / "once-more.json")["queues"]
+    )
+
+
+def test_import_adds_and_replaces_but_deletes_nothing(
+    source: Path, tmp_path: Path
+) -> None:
+    exported = tmp_path / "defs.json"
+    export(source, exported)
+    target = tmp_path / "target"
+    with BrokerThread(data_dir=target) as broker, channel(broker) as ch:
+        ch.queue_declare("already.there", durable=True)
+
+    done = definitions("import", str(exported), "--data-dir", str(target))
+    assert done.returncode == 0, done.stderr
+
+    names = {q["name"] for q in export(target, tmp_path / "merged.json")["queues"]}
+    assert names == {"already.there", "defs.q", "defs.capped"}
+
+
+def test_import_from_stdin(source: Path, tmp_path: Path) -> None:
+    text = tmp_path / "defs.json"
+    export(source, text)
+    target = tmp_path / "target"
+    done = definitions("import", "-", "--data-dir", str(target), stdin=text.read_text())
+    assert done.returncode == 0, done.stderr
+    assert "defs.q" in {
+        q["name"] for q in export(target, tmp_path / "out.json")["queues"]
+    }
+
+
+def test_import_of_a_bad_file_touches_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"queues": [{"name": "no-vhost-field"}]}))
+    target = tmp_path / "target"
+
+    done = definitions("import", str(bad), "--data-dir", str(target))
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("amqpd definitions import: ")
+    assert len(done.stderr.splitlines()) == 1
+    assert not target.exists()
+
+
+def test_export_of_a_data_dir_without_definitions_exits_1(tmp_path: Path) -> None:
+    tmp_path.joinpath("empty").mkdir()
+    done = definitions(
+        "export", str(tmp_path / "out.json"), "--data-dir", str(tmp_path / "empty")
+    )
+    assert done.returncode == 1
+    assert "holds no definitions.sqlite3" in done.stderr
+    assert not (tmp_path / "out.json").exists()
