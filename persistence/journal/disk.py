@@ -79,6 +79,7 @@ class DiskJournal:
         self._codec = RecordCodec(
             compress_threshold=self.options.compress_threshold,
             compress_level=self.options.compress_level,
+            compression=self.options.compression,
             keyring=keyring,
             max_record_size=self.options.max_record_size,
         )

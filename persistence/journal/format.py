@@ -10,7 +10,7 @@ Segment file (integers little-endian)
 
     offset  size  field
     0       8     magic b"AMQPDJNL"
-    8       2     format version, 1
+    8       2     format version: 2 (1 is still read, see below)
     10      2     reserved, 0
     12      4     segment id, equal to the number in the file name
     16      ...   records back to back
@@ -20,7 +20,8 @@ Record
     offset  size  field
     0       1     marker 0xA5 (a cheap first test when resyncing)
     1       1     type, a RecordKind
-    2       1     flags: bits 0-1 codec (0 raw, 1 zlib), bit 2 encrypted
+    2       1     flags: bits 0-1 codec (0 raw, 1 zlib, 2 zstd), bit 2
+                  encrypted
     3       1     reserved, 0
     4       4     payload length N
     8       4     zlib.crc32 of bytes 0-7 followed by the payload
@@ -32,6 +33,11 @@ An encrypted payload is: u8 key id length, key id (UTF-8), 12-byte nonce,
 AES-256-GCM ciphertext with its 16-byte tag; the associated data is the type
 and flags bytes. The key id lets old segments be read after a new key is
 added (see keyring.py).
+
+Version 2 added the zstd codec; records are otherwise the same, so version
+1 segments (raw and zlib records only) are read as they are. A reader that
+knows only version 1 refuses version 2 segments instead of taking their zstd
+records for damage and cutting them off.
 
 The trailing length lets a reader that lost its place check a candidate
 record start from both ends, and the checksum covers the header, so a flipped
@@ -48,12 +54,14 @@ from typing import Final
 from .records import RecordKind
 
 SEGMENT_MAGIC: Final = b"AMQPDJNL"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = frozenset((1, 2))
 MARKER: Final = 0xA5
 
 CODEC_MASK: Final = 0b011
 CODEC_RAW: Final = 0
 CODEC_ZLIB: Final = 1
+CODEC_ZSTD: Final = 2
 ENCRYPTED: Final = 0b100
 KNOWN_FLAGS: Final = CODEC_MASK | ENCRYPTED
 
@@ -86,7 +94,7 @@ def read_segment_header(data: bytes) -> int | None:
     if len(data) < SEGMENT_HEADER_SIZE:
         return None
     magic, version, reserved, segment_id = _SEGMENT_HEADER.unpack_from(data)
-    if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or reserved:
+    if magic != SEGMENT_MAGIC or version not in READABLE_VERSIONS or reserved:
         return None
     return int(segment_id)
 
@@ -143,7 +151,7 @@ def plausible_length(data: bytes, offset: int) -> int | None:
     marker, kind, flags, reserved, length = _PREFIX.unpack_from(data, offset)
     if marker != MARKER or kind not in _KINDS or flags & ~KNOWN_FLAGS or reserved:
         return None
-    if flags & CODEC_MASK > CODEC_ZLIB:
+    if flags & CODEC_MASK > CODEC_ZSTD:
         return None
     end = offset + HEADER_SIZE + length
     if end + TRAILER_SIZE > len(data):

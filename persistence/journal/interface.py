@@ -25,7 +25,9 @@ from typing import Literal, Protocol
 from .codec import (
     DEFAULT_COMPRESS_LEVEL,
     DEFAULT_COMPRESS_THRESHOLD,
+    DEFAULT_COMPRESSION,
     DEFAULT_MAX_RECORD_SIZE,
+    Compression,
 )
 from .errors import JournalError
 from .records import Record
@@ -55,8 +57,11 @@ class JournalOptions:
     compact_ratio:
         A closed segment whose live bytes fall under this share of its size
         is compacted.
-    compress_threshold, compress_level:
-        Payloads longer than the threshold are zlib-compressed (None: never).
+    compression, compress_threshold, compress_level:
+        Payloads longer than the threshold are compressed (None: never) with
+        zstd, or zlib if asked or if the ``zstandard`` package is missing,
+        at the given level. Records of every codec are read whatever this
+        says.
     max_record_size:
         The largest payload recovery will decompress.
     """
@@ -65,6 +70,7 @@ class JournalOptions:
     fsync_interval_ms: int = 200
     segment_size: int = 16 * 1024 * 1024
     compact_ratio: float = 0.5
+    compression: Compression = DEFAULT_COMPRESSION
     compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD
     compress_level: int = DEFAULT_COMPRESS_LEVEL
     max_record_size: int = DEFAULT_MAX_RECORD_SIZE
@@ -76,6 +82,8 @@ class JournalOptions:
             raise ValueError("fsync_interval_ms must be positive")
         if self.segment_size < 4096:
             raise ValueError("segment_size must be at least 4096 bytes")
+        if self.compression not in ("zstd", "zlib"):
+            raise ValueError(f"compression must be zstd or zlib: {self.compression!r}")
         if not 0.0 <= self.compact_ratio < 1.0:
             raise ValueError("compact_ratio must be in [0, 1)")
 

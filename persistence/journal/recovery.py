@@ -32,8 +32,8 @@ from .codec import RecordCodec
 from .errors import FormatError
 from .filelayer import FileLayer
 from .format import (
-    FORMAT_VERSION,
     OVERHEAD,
+    READABLE_VERSIONS,
     SEGMENT_HEADER_SIZE,
     Frame,
     find_frame,
@@ -76,7 +76,7 @@ def scan_segment(path: Path, segment_id: int, data: bytes, last: bool) -> Segmen
         scan.cut_at = 0 if last else None
         return scan
     version = segment_version(data)
-    if version is not None and version != FORMAT_VERSION:
+    if version is not None and version not in READABLE_VERSIONS:
         raise FormatError(f"{path}: segment format version {version} is not known")
     if read_segment_header(data) != segment_id:
         bad = Damage(path, 0, SEGMENT_HEADER_SIZE, DamageKind.BAD_SEGMENT_HEADER)

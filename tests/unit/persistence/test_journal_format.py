@@ -26,7 +26,7 @@ from amqpd.persistence.journal import (
     encode_payload,
 )
 from amqpd.persistence.journal import format as fmt
-from amqpd.persistence.journal.codec import RecordCodec
+from amqpd.persistence.journal.codec import Compression, RecordCodec
 
 ids = st.integers(min_value=0, max_value=2**64 - 1)
 names = st.text(max_size=40)
@@ -82,14 +82,18 @@ def test_every_record_survives_payload_round_trip(record: Record) -> None:
     assert decode_payload(record.kind, encode_payload(record)) == record
 
 
-@given(records)
-def test_every_record_survives_frame_round_trip(record: Record) -> None:
-    codec = RecordCodec(compress_threshold=64)
+@pytest.mark.parametrize("compression", ["zstd", "zlib"])
+@given(record=records)
+def test_every_record_survives_frame_round_trip(
+    compression: Compression, record: Record
+) -> None:
+    codec = RecordCodec(compress_threshold=64, compression=compression)
     frame_bytes = codec.encode(record)
     frame = fmt.read_frame(frame_bytes, 0)
     assert frame is not None
     assert frame.size == len(frame_bytes)
     assert codec.decode(frame, "test") == record
+    assert RecordCodec(compression="zlib").decode(frame, "test") == record
 
 
 def test_fields_that_do_not_fit_are_rejected_before_writing() -> None:
@@ -125,12 +129,17 @@ def test_a_flipped_payload_keeps_a_plausible_length() -> None:
     assert fmt.plausible_length(bytes(data), 0) == len(data) - fmt.OVERHEAD
 
 
-def test_large_payloads_are_compressed_and_flagged() -> None:
+@pytest.mark.parametrize(
+    ("compression", "flag"), [("zstd", fmt.CODEC_ZSTD), ("zlib", fmt.CODEC_ZLIB)]
+)
+def test_large_payloads_are_compressed_and_flagged(
+    compression: Compression, flag: int
+) -> None:
     record = MessageRecord(1, "ex", "rk", b"h", b"a" * 10_000)
-    codec = RecordCodec(compress_threshold=1024)
+    codec = RecordCodec(compress_threshold=1024, compression=compression)
     frame = fmt.read_frame(codec.encode(record), 0)
     assert frame is not None
-    assert frame.flags & fmt.CODEC_MASK == fmt.CODEC_ZLIB
+    assert frame.flags & fmt.CODEC_MASK == flag
     assert len(frame.payload) < 1000
     assert codec.decode(frame, "test") == record
 
