@@ -267,6 +267,50 @@ def test_dead_lettered_persistent_message_survives_restart_once(
         assert count(ch, "dlq") == 0
 
 
+def test_message_expired_while_stopped_is_dead_lettered_once_at_start(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "late"}
+    with running(data) as broker, channel(broker.port) as ch:
+        ch.queue_declare("late", durable=True)
+        ch.queue_declare("brief", durable=True, arguments=arguments)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(delivery_mode=2, expiration="300")
+        ch.basic_publish("", "brief", b"stale", props)
+    time.sleep(0.4)
+    for _ in range(2):
+        with running(data) as broker, channel(broker.port) as ch:
+            assert count(ch, "brief") == 0
+            assert count(ch, "late") == 1
+    with running(data) as broker, channel(broker.port) as ch:
+        _method, props, body = ch.basic_get("late", auto_ack=True)
+        assert body == b"stale"
+        assert props.headers["x-death"][0]["reason"] == "expired"
+
+
+def test_unacked_message_of_a_deleted_queue_is_gone_for_good(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq"}
+    with running(data) as broker, channel(broker.port) as ch:
+        ch.queue_declare("dlq", durable=True)
+        ch.queue_declare("doomed", durable=True, arguments=arguments)
+        ch.confirm_delivery()
+        ch.basic_publish("", "doomed", b"taken", PERSISTENT)
+        with channel(broker.port) as other:
+            method, _props, _body = other.basic_get("doomed")
+            ch.queue_delete("doomed")
+            # as in RabbitMQ: not dead-lettered, and the connection stays up
+            other.basic_reject(method.delivery_tag, requeue=False)
+            other.basic_qos(prefetch_count=1)  # a round trip after the reject
+        ch.queue_declare("doomed", durable=True, arguments=arguments)
+        ch.basic_publish("", "doomed", b"fresh", PERSISTENT)
+        assert count(ch, "dlq") == 0
+    with running(data) as broker, channel(broker.port) as ch:
+        assert count(ch, "dlq") == 0
+        assert drain(ch, "doomed") == [(b"fresh", True)]
+
+
 def test_purge_and_delete_survive_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with running(data) as broker, channel(broker.port) as ch:
