@@ -39,7 +39,7 @@ from amqpd.errors import (
     PreconditionFailed,
     UnexpectedFrame,
 )
-from amqpd.protocol.content import Assembly
+from amqpd.protocol.content import Assembly, check_size
 
 if TYPE_CHECKING:
     from amqpd.protocol.connection import ConnectionMachine
@@ -90,6 +90,17 @@ def _check_consume_arguments(arguments: dict[str, Any], where: str) -> None:
             f"invalid arg 'x-cancel-on-ha-failover' for {where}: "
             f"{{unacceptable_type,{amqp_type_name(failover)}}}", 60, 20,
         )  # fmt: skip
+
+
+def _decode_publish(payload: bytes) -> tuple[str, str, bytes, bool]:
+    """basic.publish's exchange, routing key, raw exchange+key, mandatory."""
+    try:
+        exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(payload)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise FrameError(f"cannot decode basic.publish: {exc}", 60, 40) from None
+    if immediate:
+        raise NotImplemented_("immediate=true", 60, 40)
+    return exchange, key, ex_rk, mandatory
 
 
 def _random_tag(prefix: str) -> str:
@@ -193,15 +204,15 @@ class ChannelMachine:
         """basic.publish through the fast path."""
         if self.assembly is not None:
             raise UnexpectedFrame("expected content header, got basic.publish", 60, 40)
-        try:
-            exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(
-                payload
-            )
-        except (IndexError, UnicodeDecodeError) as exc:
-            raise FrameError(f"cannot decode basic.publish: {exc}", 60, 40) from None
-        if immediate:
-            raise NotImplemented_("immediate=true", 60, 40)
-        self.assembly = Assembly(exchange, key, ex_rk, mandatory)
+        self.assembly = Assembly(*_decode_publish(payload))
+
+    def publish_whole(self, method: bytes, header: bytes, body: bytes) -> None:
+        """basic.publish whose content header and single body frame arrived
+        in the same read: no assembly needed (the connection checked that the
+        frames are whole and that this channel is open and idle)."""
+        exchange, key, ex_rk, mandatory = _decode_publish(method)
+        check_size(len(body), self.conn.max_message_size)
+        self._publish(exchange, key, ex_rk, mandatory, header, body)
 
     def on_header(self, payload: bytes) -> None:
         assembly = self.assembly
@@ -223,6 +234,20 @@ class ChannelMachine:
         self.assembly = None
         header = assembly.header
         assert header is not None
+        self._publish(
+            assembly.exchange, assembly.routing_key, assembly.ex_rk,
+            assembly.mandatory, header, assembly.body,
+        )  # fmt: skip
+
+    def _publish(
+        self,
+        exchange_name: str,
+        routing_key: str,
+        ex_rk: bytes,
+        mandatory: bool,
+        header: bytes,
+        body: bytes,
+    ) -> None:
         try:
             spans = properties.scan(header)
             if "headers" in spans:
@@ -232,10 +257,7 @@ class ChannelMachine:
                 properties.get(header, spans, "headers")
         except (ValueError, IndexError) as exc:
             raise FrameError(f"malformed content header: {exc}") from None
-        message = Message(
-            assembly.exchange, assembly.routing_key, assembly.ex_rk, header,
-            assembly.body, spans,
-        )  # fmt: skip
+        message = Message(exchange_name, routing_key, ex_rk, header, body, spans)
         if self.confirming:
             self.publish_seq += 1
         exchange = self.vhost.exchanges.get(message.exchange)
@@ -256,10 +278,10 @@ class ChannelMachine:
             message, extra_keys = self._apply_cc(message)
         if self.tx is not None:
             self.tx.append(
-                lambda: self._route(exchange, message, extra_keys, assembly.mandatory)
+                lambda: self._route(exchange, message, extra_keys, mandatory)
             )
             return
-        self._route(exchange, message, extra_keys, assembly.mandatory)
+        self._route(exchange, message, extra_keys, mandatory)
 
     def _route(
         self,

@@ -72,6 +72,7 @@ CAPABILITIES = {
 }
 _PUBLISH, _ACK = fastpath.BASIC_PUBLISH, fastpath.BASIC_ACK
 FRAME_HEAD_UNPACK = FRAME_HEAD.unpack_from
+_PUBLISH_ID = b"\x00\x3c\x00\x28"
 
 
 class ConnectionMachine:
@@ -194,6 +195,15 @@ class ConnectionMachine:
                 if buf[stop] != 0xCE:
                     self._fail(FrameError(f"bad frame-end octet {buf[stop]:#x}"))
                     break
+                if ftype == 1 and buf[pos + 7 : pos + 11] == _PUBLISH_ID:
+                    # basic.publish with its header and one body frame all in
+                    # this read: publish it whole, without content assembly
+                    nxt = self._publish_whole(buf, pos, stop, end, number)
+                    if nxt:
+                        pos = nxt
+                        if self.state == CLOSED:
+                            break
+                        continue
                 payload = bytes(buf[pos + 7 : stop])
                 pos = stop + 1
                 on_frame(ftype, number, payload)
@@ -204,6 +214,63 @@ class ConnectionMachine:
                 del buf[:pos]
             if self.confirms_pending:
                 self.flush_confirms()
+
+    def _publish_whole(
+        self, buf: bytearray, pos: int, stop: int, end: int, number: int
+    ) -> int:
+        """Publish method + header + body from ``buf`` if all are there and
+        plain; the position after them, or 0 to take the frame-by-frame path
+        (which gives every unusual case its proper answer)."""
+        channel = self.channels.get(number)
+        if channel is None or channel.state != CHANNEL_OPEN or channel.assembly:
+            return 0
+        head = stop + 1
+        if end - head < 21:
+            return 0
+        htype, hnumber, hsize = FRAME_HEAD_UNPACK(buf, head)
+        hstop = head + 7 + hsize
+        if htype != 2 or hnumber != number or hsize < 14 or hstop >= end:
+            return 0
+        if buf[hstop] != 0xCE or hsize + 8 > self.frame_max:
+            return 0
+        size = int.from_bytes(buf[head + 11 : head + 19], "big")
+        if size:
+            body_at = hstop + 1
+            if end - body_at < 7:
+                return 0
+            btype, bnumber, bsize = FRAME_HEAD_UNPACK(buf, body_at)
+            after = body_at + 8 + bsize
+            if btype != 3 or bnumber != number or bsize != size or after > end:
+                return 0
+            if bsize + 8 > self.frame_max:
+                return 0
+            if buf[after - 1] != 0xCE:
+                return 0
+            body = bytes(buf[body_at + 7 : after - 1])
+        else:
+            after, body = hstop + 1, b""
+        if buf[head + 7 : head + 9] != b"\x00\x3c":
+            return 0
+        if not self.has_published:
+            self._first_publish()
+        try:
+            channel.publish_whole(
+                bytes(buf[pos + 7 : stop]), bytes(buf[head + 7 : hstop]), body
+            )
+        except AMQPError as exc:
+            if exc.hard:
+                self._fail(exc)
+            else:
+                self._close_channel(channel, exc)
+        except Exception:
+            log.exception("internal error on connection %s", self.name)
+            self._fail(InternalError("internal error"))
+        return after
+
+    def _first_publish(self) -> None:
+        self.has_published = True
+        if self.node.alarms:
+            self.on_alarm(f"low on {' and '.join(sorted(self.node.alarms))}")
 
     def flush_confirms(self) -> None:
         pending = list(self.confirms_pending)
@@ -222,11 +289,7 @@ class ConnectionMachine:
                     mid = fastpath.method_id(payload)
                     if mid == _PUBLISH:
                         if not self.has_published:
-                            self.has_published = True
-                            if self.node.alarms:
-                                self.on_alarm(
-                                    f"low on {' and '.join(sorted(self.node.alarms))}"
-                                )
+                            self._first_publish()
                         channel.on_publish(payload)
                     elif mid == _ACK and len(payload) >= 13 and not channel.assembly:
                         # a short ack, or one inside content, takes the pamqp

@@ -6,6 +6,16 @@ from amqpd.codec import properties
 from amqpd.errors import FrameError, PreconditionFailed, UnexpectedFrame
 
 
+def check_size(size: int, max_size: int) -> None:
+    """406 on the channel for a message larger than the configured maximum."""
+    if size > max_size:
+        raise PreconditionFailed(
+            f"message size {size} is larger than configured max size {max_size}",
+            60,
+            40,
+        )
+
+
 class Assembly:
     """One message being assembled from header and body frames."""
 
@@ -39,13 +49,7 @@ class Assembly:
         if len(payload) < 14 or payload[0:2] != b"\x00\x3c":
             raise FrameError("malformed content header frame")
         self.body_size = properties.body_size(payload)
-        if self.body_size > max_size:
-            raise PreconditionFailed(
-                f"message size {self.body_size} is larger than configured max "
-                f"size {max_size}",
-                60,
-                40,
-            )
+        check_size(self.body_size, max_size)
         self.header = payload
         return self.body_size == 0
 
