@@ -228,7 +228,7 @@ class ConnectionMachine:
         if end - head < 21:
             return 0
         htype, hnumber, hsize = FRAME_HEAD_UNPACK(buf, head)
-        hstop = head + 7 + hsize
+        hstop: int = head + 7 + hsize
         if htype != 2 or hnumber != number or hsize < 14 or hstop >= end:
             return 0
         if buf[hstop] != 0xCE or hsize + 8 > self.frame_max:
@@ -239,7 +239,7 @@ class ConnectionMachine:
             if end - body_at < 7:
                 return 0
             btype, bnumber, bsize = FRAME_HEAD_UNPACK(buf, body_at)
-            after = body_at + 8 + bsize
+            after: int = body_at + 8 + bsize
             if btype != 3 or bnumber != number or bsize != size or after > end:
                 return 0
             if bsize + 8 > self.frame_max:
