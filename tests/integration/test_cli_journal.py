@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +175,37 @@ def test_check_of_a_directory_without_journal_exits_2(tmp_path: Path) -> None:
     assert checked.returncode == 2
     assert checked.stderr.startswith("amqpd journal check: ")
     assert "nowhere" in checked.stderr
+
+
+def test_check_with_the_new_key_only_names_the_old_key_still_needed(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    old, new = tmp_path / "old.key", tmp_path / "new.key"
+    old.write_bytes(os.urandom(32))
+    new.write_bytes(os.urandom(32))
+    with BrokerThread(data_dir=data_dir, journal_keys=[f"old={old}"]) as broker:
+        fill(broker, 3)
+    rotated = [f"new={new}", f"old={old}"]
+    with BrokerThread(data_dir=data_dir, journal_keys=rotated) as broker:
+        fill(broker, 3)
+
+    assert journal_check(data_dir, *rotated).returncode == 0
+    only_new = journal_check(data_dir, f"new={new}")
+    assert only_new.returncode == 2
+    assert "no key 'old' in the keyring" in only_new.stderr
+
+    # once the old messages are consumed, their segment goes with them
+    old_segment = segments(data_dir)[0]
+    with BrokerThread(data_dir=data_dir, journal_keys=rotated) as broker:
+        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        ch = conn.channel()
+        for _ in range(3):
+            method, _props, _body = ch.basic_get("q")
+            ch.basic_ack(method.delivery_tag)
+        conn.close()
+        deadline = time.monotonic() + 5
+        while old_segment.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert not old_segment.exists()
+    assert journal_check(data_dir, f"new={new}").returncode == 0
