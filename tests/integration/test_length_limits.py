@@ -11,6 +11,7 @@ refuses it and dead-letters it too. Checked against RabbitMQ 3.10.
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -139,6 +140,23 @@ def test_unacked_messages_do_not_count_toward_max_length(
     assert drain(ch, queue) == [b"m3", b"m4"]
 
 
+def test_requeue_over_max_length_drops_the_head(
+    conn: BlockingConnection, ch: BlockingChannel
+) -> None:
+    queue, dlq = with_dlq(ch, "maxlen", **{"x-max-length": 2})
+    ch.basic_publish("", queue, b"m1")
+    getter = conn.channel()
+    held = getter.basic_get(queue)[0]
+    ch.basic_publish("", queue, b"m2")
+    ch.basic_publish("", queue, b"m3")
+
+    # m1 comes back to its place at the head, one too many: it goes
+    getter.basic_nack(held.delivery_tag, requeue=True)
+    assert ready(getter, queue) == 2  # asked after the nack, on its channel
+    assert drain(ch, queue) == [b"m2", b"m3"]
+    assert drain_deaths(ch, dlq) == [(b"m1", maxlen_death(queue))]
+
+
 def test_max_length_bytes_counts_body_bytes_only(ch: BlockingChannel) -> None:
     queue, dlq = with_dlq(ch, "maxbytes", **{"x-max-length-bytes": 25})
     big_header = pika.BasicProperties(headers={"pad": "x" * 1000})
@@ -195,7 +213,12 @@ def test_reject_publish_without_confirms_drops_silently(
     plain.basic_publish("", queue, b"m1")
     plain.basic_publish("", queue, b"m2")
 
-    assert ready(plain, queue) == 1  # a round trip on the publishing channel
+    # without confirms nothing says when the publishes arrived: look twice
+    deadline = time.monotonic() + 2.0
+    while ready(plain, queue) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert ready(plain, queue) == 1
     assert plain.is_open
     assert drain(ch, queue) == [b"m1"]
 
