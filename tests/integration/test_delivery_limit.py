@@ -100,9 +100,16 @@ def ready(ch: BlockingChannel, queue: str) -> int:
 def assert_dead_lettered(ch: BlockingChannel, queue: str, dlq: str) -> None:
     """The message left ``queue`` and sits in ``dlq`` with one
     delivery_limit death and no x-delivery-count."""
+    # waited for: on a RabbitMQ quorum queue dead-lettering is asynchronous
+    deadline = time.monotonic() + 3.0
+    while True:
+        method, props, body = ch.basic_get(dlq, auto_ack=True)
+        if method is not None:
+            break
+        assert time.monotonic() < deadline, f"nothing dead-lettered from {queue}"
+        time.sleep(0.01)
+    assert body == b"job"
     assert ready(ch, queue) == 0
-    method, props, body = ch.basic_get(dlq, auto_ack=True)
-    assert method is not None and body == b"job"
     headers = dict(props.headers)
     (death,) = headers.pop("x-death")
     death.pop("time")
