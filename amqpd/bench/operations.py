@@ -127,6 +127,7 @@ def many_queues(run: Run) -> Outcome:
     worker.send("go")
     declared = int(worker.receive("checkpoint", options.phase_limit + 60)["declared"])
     loaded = run.broker()
+    rested = run.broker_at_rest()
     worker.send("go")
     done = run.fleet.result(worker, options.phase_limit + 60)
     if done["deleted"] == options.queues:
@@ -134,8 +135,9 @@ def many_queues(run: Run) -> Outcome:
     figures = broker_figures(before, loaded)
     figures["declare_rate"] = float(done["declare_rate"])
     figures["delete_rate"] = float(done["delete_rate"])
-    if before is not None and loaded is not None and declared:
-        figures["rss_per_queue"] = (loaded.rss_bytes - before.rss_bytes) / declared
+    if before is not None and rested is not None and declared:
+        figures["broker_rss_mib"] = rested.rss_bytes / 2**20
+        figures["rss_per_queue"] = (rested.rss_bytes - before.rss_bytes) / declared
     counts = {
         "requested": options.queues,
         "declared": declared,

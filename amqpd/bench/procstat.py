@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,44 @@ def cpu_percent(before: ProcSample, after: ProcSample) -> float:
     """Average CPU use between two samples, in percent of one core."""
     wall = after.at - before.at
     return 100.0 * (after.cpu_s - before.cpu_s) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(
+    pids: Iterable[int], *, below_pct: float, window: float, limit: float
+) -> bool:
+    """Wait until every process used under ``below_pct`` of a core in a window.
+
+    A broker may still be deleting the last run's queues, compacting its
+    store or collecting garbage when the bench moves on; measuring the next
+    run (on it or on another broker) then would charge that work to the
+    wrong run. Returns False when ``limit`` seconds passed without a quiet
+    window. A process that is gone counts as quiet.
+    """
+    watched = list(pids)
+    give_up = time.monotonic() + limit
+    while True:
+        before = _samples(watched)
+        time.sleep(window)
+        after = _samples(watched)
+        busy = [
+            pid
+            for pid, first in before.items()
+            if pid in after and cpu_percent(first, after[pid]) >= below_pct
+        ]
+        if not busy:
+            return True
+        if time.monotonic() >= give_up:
+            return False
+
+
+def _samples(pids: Iterable[int]) -> dict[int, ProcSample]:
+    taken: dict[int, ProcSample] = {}
+    for pid in pids:
+        try:
+            taken[pid] = sample(pid)
+        except (OSError, ValueError):
+            continue
+    return taken
 
 
 def load_average() -> list[float]:

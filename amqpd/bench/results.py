@@ -1,9 +1,10 @@
-"""Result records: one JSON line per scenario, and the --compare math.
+"""Result records: one JSON line per scenario and target, and the ratio math.
 
-A line holds the scenario's name, the broker URL (no password), the
-settings, every figure as min/median/max over the repeats (with its unit and
-whether higher or lower is better), each repeat's figures, counts and load
-average, and whether all counts added up.
+A line holds the scenario's name, the target's label and broker URL (no
+password), the settings, every figure as min/median/max over the repeats
+(with its unit and whether higher or lower is better), each repeat's
+figures, counts, load average and place in the session's order, and whether
+all counts added up.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def figure_unit(name: str) -> str:
     return FIGURES.get(name, ("", "higher"))[0]
 
 
+_RANK = {name: rank for rank, name in enumerate(FIGURES)}
+
+
+def in_figure_order(names: Iterable[str]) -> list[str]:
+    """Figure names in the registry's order (rates first), unknown ones last."""
+    return sorted(dict.fromkeys(names), key=lambda name: _RANK.get(name, len(_RANK)))
+
+
 @dataclass
 class RunRecord:
     """One repeat of one scenario."""
@@ -57,6 +66,9 @@ class RunRecord:
     counts_ok: bool
     load_average: list[float]
     error: str | None = None
+    # the run's place among all runs of the session (0, 1, 2, ...): with
+    # several targets it shows how their repeats alternated
+    position: int | None = None
 
 
 @dataclass
@@ -66,6 +78,7 @@ class ScenarioResult:
     scenario: str
     broker: str
     settings: dict[str, Any]
+    target: str = ""
     runs: list[RunRecord] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
     started: str = ""
@@ -93,6 +106,7 @@ class ScenarioResult:
         """The JSON-lines record of this scenario."""
         return {
             "scenario": self.scenario,
+            "target": self.target,
             "broker": self.broker,
             "started": self.started,
             "settings": self.settings,
@@ -110,9 +124,13 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
         out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def read_lines(path: Path) -> dict[str, dict[str, Any]]:
-    """Read a results file; a scenario recorded twice keeps its last line."""
-    records: dict[str, dict[str, Any]] = {}
+def read_targets(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Read a results file: target label -> scenario -> record.
+
+    A scenario recorded twice for one target keeps its last line; lines
+    written before targets had labels count as target "".
+    """
+    targets: dict[str, dict[str, dict[str, Any]]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -120,39 +138,84 @@ def read_lines(path: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not JSON: {exc}") from exc
-        records[str(record["scenario"])] = record
-    return records
+        by_scenario = targets.setdefault(str(record.get("target", "")), {})
+        by_scenario[str(record["scenario"])] = record
+    return targets
+
+
+def read_lines(path: Path, target: str | None = None) -> dict[str, dict[str, Any]]:
+    """The records of one target of a results file, by scenario.
+
+    ``target`` may be left out when the file holds a single target.
+    """
+    targets = read_targets(path)
+    if target is None:
+        if len(targets) > 1:
+            labels = ", ".join(sorted(targets))
+            raise ValueError(f"{path} holds targets {labels}: name one as FILE@LABEL")
+        return next(iter(targets.values()), {})
+    if target not in targets:
+        labels = ", ".join(sorted(targets)) or "none"
+        raise ValueError(f"{path} has no target {target!r} (it has: {labels})")
+    return targets[target]
+
+
+def read_spec(spec: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Read ``FILE`` or ``FILE@LABEL``; return a column name and the records."""
+    path = Path(spec)
+    target: str | None = None
+    if not path.exists() and "@" in spec:
+        name, target = spec.rsplit("@", 1)
+        path = Path(name)
+    records = read_lines(path, target)
+    return (target or path.name), records
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One figure of one scenario in two result files."""
+    """One figure of one scenario on two targets (or in two result files)."""
 
     scenario: str
     figure: str
     unit: str
     better: str
-    median_a: float
-    median_b: float
+    a: dict[str, float]  # min, median, max
+    b: dict[str, float]
+
+    @property
+    def median_a(self) -> float:
+        """A's median over its repeats."""
+        return float(self.a["median"])
+
+    @property
+    def median_b(self) -> float:
+        """B's median over its repeats."""
+        return float(self.b["median"])
 
     @property
     def ratio(self) -> float | None:
-        """median B / median A; None when A's median is zero."""
-        return self.median_b / self.median_a if self.median_a else None
+        """median A / median B; None when B's median is zero."""
+        return ratio_of(self.a, self.b)
+
+
+def ratio_of(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Ratio of two figures' medians, A over B; None when B's median is 0."""
+    return a["median"] / b["median"] if b["median"] else None
 
 
 def compare(
     a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]
 ) -> list[Comparison]:
-    """Pair the medians of every figure both files have, scenario by scenario."""
+    """Pair the figures both sides have, scenario by scenario, in A's order."""
     rows: list[Comparison] = []
     for scenario, record_a in a.items():
         record_b = b.get(scenario)
         if record_b is None:
             continue
+        figures_a = record_a.get("figures", {})
         figures_b = record_b.get("figures", {})
-        for name, fig_a in record_a.get("figures", {}).items():
-            fig_b = figures_b.get(name)
+        for name in in_figure_order(figures_a):
+            fig_a, fig_b = figures_a[name], figures_b.get(name)
             if fig_b is None:
                 continue
             rows.append(
@@ -161,30 +224,88 @@ def compare(
                     name,
                     str(fig_a.get("unit", "")),
                     str(fig_a.get("better", "higher")),
-                    float(fig_a["median"]),
-                    float(fig_b["median"]),
+                    _spread_of(fig_a),
+                    _spread_of(fig_b),
                 )
             )
     return rows
+
+
+def _spread_of(figure: dict[str, Any]) -> dict[str, float]:
+    return {key: float(figure[key]) for key in ("min", "median", "max")}
+
+
+def variation(figure: dict[str, float]) -> float | None:
+    """Half the min-max range as a fraction of the median (the +- of a cell)."""
+    median = figure["median"]
+    if not median:
+        return None
+    return (figure["max"] - figure["min"]) / 2 / abs(median)
+
+
+def format_spread(figure: dict[str, float]) -> str:
+    """A median and how far the repeats strayed from it: "1,234 +-5%"."""
+    text = format_number(figure["median"])
+    spread = variation(figure)
+    if spread is None or figure["max"] == figure["min"]:
+        return text
+    return f"{text} ±{100 * spread:.0f}%"
+
+
+def format_ratio(ratio: float | None) -> str:
+    """A ratio of medians, two decimals; "-" when it cannot be formed."""
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def better_text(better: str) -> str:
+    """The direction column: "higher is better" or "lower is better"."""
+    return f"{better} is better"
 
 
 def format_comparison(
     rows: Sequence[Comparison], name_a: str, name_b: str
 ) -> list[str]:
     """A text table of the comparison, one row per figure."""
-    head = ("scenario", "figure", name_a, name_b, "B/A", "better")
+    head = ("scenario", "figure", name_a, name_b, f"{name_a}/{name_b}", "better")
     body = [
         (
             row.scenario,
             f"{row.figure} [{row.unit}]" if row.unit else row.figure,
-            format_number(row.median_a),
-            format_number(row.median_b),
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
-            row.better,
+            format_spread(row.a),
+            format_spread(row.b),
+            format_ratio(row.ratio),
+            better_text(row.better),
         )
         for row in rows
     ]
     return format_table(head, body)
+
+
+EN_DASH = "\N{EN DASH}"
+
+
+def format_markdown(rows: Sequence[Comparison], name_a: str, name_b: str) -> list[str]:
+    """The comparison as a Markdown table: medians with (min, max) after."""
+
+    def cell(figure: dict[str, float]) -> str:
+        low, high = format_number(figure["min"]), format_number(figure["max"])
+        return f"{format_number(figure['median'])} ({low} {EN_DASH} {high})"
+
+    ratio = f"{name_a}/{name_b}"
+    head = ["scenario", "figure", "unit", name_a, name_b, ratio, "better"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [
+            row.scenario,
+            row.figure,
+            row.unit,
+            cell(row.a),
+            cell(row.b),
+            format_ratio(row.ratio),
+            row.better,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_number(value: float) -> str:

@@ -1,8 +1,9 @@
-"""Runs scenarios: one ``Run`` per repeat, cleanup after each, repeats summed up.
+"""One repeat of one scenario: a ``Run``, its cleanup, and its record.
 
 A ``Run`` gives a scenario unique names, an admin connection for topology,
 a fleet of worker processes and broker readings; whatever it declared it
-deletes when the repeat ends, even after a failure.
+deletes when the repeat ends, even after a failure. ``session`` decides
+which repeat runs when, on which broker.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 
 from amqpd.bench.client import BenchConnection, BenchError, BrokerUrl
 from amqpd.bench.fleet import Fleet
-from amqpd.bench.procstat import ProcSample, cpu_percent, load_average, machine, sample
+from amqpd.bench.procstat import (
+    ProcSample,
+    cpu_percent,
+    load_average,
+    machine,
+    sample,
+    wait_quiet,
+)
 from amqpd.bench.results import RunRecord, ScenarioResult
 
 # Duration-bound publishers get a count limit no run reaches.
@@ -41,6 +49,14 @@ class Options:
     fanout: int = 10
     # a scenario that cannot finish within this many seconds is cut short
     phase_limit: float = 300.0
+    # seconds of unrecorded flow on each broker before a flow scenario's
+    # first repeat; 0 skips the warm-up
+    warmup: float = 1.0
+    # before each run every broker must use under quiet_pct of a core for
+    # quiet_window seconds; the bench waits at most quiet_limit for that
+    quiet_pct: float = 10.0
+    quiet_window: float = 0.5
+    quiet_limit: float = 20.0
 
 
 @dataclass
@@ -109,6 +125,24 @@ class Run:
         pid = self.options.broker_pid
         return sample(pid) if pid else None
 
+    def broker_at_rest(self) -> ProcSample | None:
+        """The broker's reading once it went quiet, to weigh its memory.
+
+        Right after the last message or declare the broker may still be
+        collecting garbage or paging; its RSS settles once it idles.
+        """
+        pid = self.options.broker_pid
+        if not pid:
+            return None
+        options = self.options
+        wait_quiet(
+            [pid],
+            below_pct=options.quiet_pct,
+            window=options.quiet_window,
+            limit=options.quiet_limit,
+        )
+        return sample(pid)
+
     def close(self) -> None:
         """Stop the workers, delete what the run declared, disconnect."""
         self.fleet.close()
@@ -160,6 +194,10 @@ class Scenario:
     describe: str
     run: Callable[[Run], Outcome]
     needs_broker: bool = True
+    # a timed flow: a short unrecorded run first warms the broker up
+    warmup: bool = False
+    # weighs the broker's memory: best on a freshly started broker process
+    fresh_broker: bool = False
 
 
 @dataclass
@@ -169,32 +207,33 @@ class Progress:
     say: Callable[[str], None] = field(default=lambda _text: None)
 
 
-def run_scenario(
-    scenario: Scenario, options: Options, progress: Progress | None = None
-) -> ScenarioResult:
-    """Run every repeat of one scenario and collect the records."""
-    say = (progress or Progress()).say
-    result = ScenarioResult(
+def run_once(scenario: Scenario, options: Options) -> tuple[RunRecord, dict[str, Any]]:
+    """Run one repeat of a scenario; return its record and its settings.
+
+    A failure becomes a record with the error, so that one bad repeat does
+    not end the bench; whatever the run declared is deleted either way.
+    """
+    run = Run(options, scenario.name)
+    try:
+        outcome = scenario.run(run)
+    except Exception as exc:  # one failed repeat must not end the bench
+        record = RunRecord({}, {}, False, load_average(), error=str(exc))
+    else:
+        record = RunRecord(
+            outcome.figures, outcome.counts, outcome.counts_ok, load_average()
+        )
+    finally:
+        run.close()
+    return record, run.settings
+
+
+def new_result(scenario: Scenario, options: Options, target: str) -> ScenarioResult:
+    """An empty result for the repeats of ``scenario`` on one target."""
+    return ScenarioResult(
         scenario=scenario.name,
         broker=BrokerUrl.parse(options.url).redacted(),
         settings={},
+        target=target,
         machine=machine(),
         started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    for repeat in range(options.repeat):
-        say(f"{scenario.name}: repeat {repeat + 1}/{options.repeat}")
-        run = Run(options, scenario.name)
-        try:
-            outcome = scenario.run(run)
-        except Exception as exc:  # one failed repeat must not end the bench
-            say(f"{scenario.name}: failed: {exc}")
-            record = RunRecord({}, {}, False, load_average(), error=str(exc))
-        else:
-            record = RunRecord(
-                outcome.figures, outcome.counts, outcome.counts_ok, load_average()
-            )
-        finally:
-            run.close()
-        result.settings = result.settings or run.settings
-        result.runs.append(record)
-    return result

@@ -198,8 +198,13 @@ def pubsub(size: int) -> Callable[[Run], Outcome]:
 
 
 def persistent_confirm(run: Run) -> Outcome:
-    """Persistent messages into a durable queue, confirms, one consumer."""
+    """Persistent messages into a durable queue, confirms, one consumer.
+
+    delivery-mode 2 on every message and a durable queue: a broker must
+    have each message on disk before it confirms it.
+    """
     queue = run.declare_queue(run.name(), durable=True)
+    run.settings.update(delivery_mode=2, durable_queue=True)
     flow = Flow(
         "",
         queue,
@@ -261,7 +266,7 @@ def backlog(run: Run) -> Outcome:
     filled = run_flow(run, flow, [])
     published = int(filled.publisher["published"])
     queued = run.queue_depth(queue, published)
-    weighed = run.broker()
+    weighed = run.broker_at_rest()
     fill = flow_figures(filled)
     figures = {"fill_rate": fill["publish_rate"]}
     if "broker_cpu_pct" in fill:

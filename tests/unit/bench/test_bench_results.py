@@ -79,9 +79,10 @@ def test_compare_divides_medians_of_shared_figures() -> None:
     rows = compare(a, b)
     by_figure = {row.figure: row for row in rows}
     assert set(by_figure) == {"publish_rate", "e2e_p99_ms"}
-    assert by_figure["publish_rate"].ratio == 2.5
-    assert by_figure["e2e_p99_ms"].ratio == pytest.approx(2.5)
-    zero = compare({"x": result("x", [0.0]).to_json()}, b)
+    assert by_figure["publish_rate"].ratio == 0.4
+    assert by_figure["publish_rate"].a == {"min": 100.0, "median": 200.0, "max": 300.0}
+    assert by_figure["e2e_p99_ms"].ratio == pytest.approx(0.4)
+    zero = compare(b, {"x": result("x", [0.0]).to_json()})
     assert zero[0].ratio is None
 
 
@@ -93,9 +94,47 @@ def test_compare_command_prints_ratios(
     append_line(b, result("pubsub-16B", [50.0]).to_json())
     assert cli.main(["--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert "A=rabbitmq.jsonl" in out and "B=amqpd.jsonl" in out
+    head = out.splitlines()[0].split()
+    assert head[2:5] == ["rabbitmq.jsonl", "amqpd.jsonl", "rabbitmq.jsonl/amqpd.jsonl"]
     row = next(line for line in out.splitlines() if "publish_rate" in line)
-    assert row.split()[-2:] == ["0.50", "higher"]
+    assert row.split()[-4:] == ["2.00", "higher", "is", "better"]
+
+
+def test_compare_picks_targets_of_one_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run.jsonl"
+    for target, rates in (("amqpd", [30.0, 10.0, 20.0]), ("rabbitmq", [40.0])):
+        record = result("pubsub-16B", rates)
+        record.target = target
+        append_line(path, record.to_json())
+    assert cli.main(["--compare", f"{path}@amqpd", f"{path}@rabbitmq"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "publish" in ln)
+    assert row.split()[3:7] == ["20.00", "±50%", "40.00", "0.50"]
+    assert cli.main(["--compare", str(path), f"{path}@rabbitmq"]) == 2
+    assert "holds targets amqpd, rabbitmq" in capsys.readouterr().err
+    assert cli.main(["--compare", f"{path}@nope", f"{path}@amqpd"]) == 2
+
+
+def test_compare_prints_markdown_with_min_and_max(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "amqpd.jsonl", tmp_path / "rabbitmq.jsonl"
+    append_line(a, result("latency", [1000.0, 3000.0, 2000.0]).to_json())
+    append_line(b, result("latency", [4000.0]).to_json())
+    assert cli.main(["--compare", str(a), str(b), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "| scenario | figure | unit | amqpd.jsonl | rabbitmq.jsonl "
+        "| amqpd.jsonl/rabbitmq.jsonl | better |"
+    )
+    assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- |"
+    assert lines[2] == (
+        "| latency | publish_rate | msg/s | 2,000 (1,000 \N{EN DASH} 3,000) "
+        "| 4,000 (4,000 \N{EN DASH} 4,000) | 0.50 | higher |"
+    )
+    assert lines[3].startswith("| latency | e2e_p99_ms | ms | 2.00 (1.00 ")
+    assert lines[3].endswith("| 0.50 | lower |")
 
 
 def test_compare_command_fails_without_shared_figures(tmp_path: Path) -> None:
@@ -109,8 +148,10 @@ def test_quick_sets_small_counts_and_flags_override() -> None:
     args = cli.build_parser().parse_args(["--quick", "--duration", "2"])
     options = cli.options_from(args)
     assert (options.repeat, options.duration, options.backlog) == (1, 2.0, 100_000)
+    assert options.warmup == 0.5
     full = cli.options_from(cli.build_parser().parse_args([]))
     assert (full.repeat, full.duration, full.backlog) == (3, 5.0, 1_000_000)
+    assert full.warmup == 1.0
 
 
 @pytest.mark.parametrize(
@@ -120,11 +161,32 @@ def test_quick_sets_small_counts_and_flags_override() -> None:
         ["--scenarios", "pubsub-16B,nope"],
         ["--url", "http://127.0.0.1/"],
         ["--repeat", "0"],
+        ["--warmup", "-1"],
         ["--broker-pid", "999999999"],
+        ["--target", "a=amqp://127.0.0.1:1/", "--target-pid", "a=999999999"],
+        ["--target", "a=amqp://127.0.0.1:1/", "--target", "a=amqp://127.0.0.1:2/"],
+        ["--target", "a b=amqp://127.0.0.1:1/"],
+        ["--target", "amqp://127.0.0.1:1/"],
+        ["--target", "a=http://127.0.0.1:1/"],
+        ["--target", "a=amqp://127.0.0.1:1/", "--target-pid", "b=1"],
+        ["--target", "a=amqp://127.0.0.1:1/", "--target-pid", "a=one"],
+        ["--target", "a=amqp://127.0.0.1:1/", "--url", "amqp://127.0.0.1:2/"],
     ],
 )
 def test_bad_settings_exit_2(argv: list[str]) -> None:
     assert cli.main(argv) == 2
+
+
+def test_targets_keep_their_order_labels_and_pids() -> None:
+    argv = ["--target", "amqpd=amqp://g:g@127.0.0.1:5680/", "--target-pid", "amqpd=7"]
+    argv += ["--target", "rabbitmq=amqp://g:g@127.0.0.1:5673/"]
+    targets = cli.targets_from(cli.build_parser().parse_args(argv))
+    assert [(t.label, t.url, t.pid) for t in targets] == [
+        ("amqpd", "amqp://g:g@127.0.0.1:5680/", 7),
+        ("rabbitmq", "amqp://g:g@127.0.0.1:5673/", None),
+    ]
+    [one] = cli.targets_from(cli.build_parser().parse_args(["--broker-pid", "9"]))
+    assert (one.label, one.url, one.pid) == ("broker", cli.DEFAULT_URL, 9)
 
 
 def test_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
