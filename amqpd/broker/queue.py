@@ -281,6 +281,10 @@ class Queue:
         self.unacked -= len(entries)
         for entry in entries:
             entry.state = GONE
+        if self.deleted:
+            # unacked messages of a deleted queue went with it (RabbitMQ does
+            # not dead-letter them; the journal already dropped them)
+            return
         deadletter.dead_letter(self, entries, deadletter.REJECTED)
 
     # messages out
@@ -322,7 +326,6 @@ class Queue:
         """dispatch() for one consumer priority, no expiry, no single
         active consumer: the hot path, with the checks inlined."""
         ready = self.ready
-        count_deliveries = self.count_deliveries
         while ready:
             for _ in range(len(group)):
                 consumer = group[0]
@@ -333,21 +336,15 @@ class Queue:
                 return
             entry = ready.popleft()
             self.ready_bytes -= entry.size
-            if consumer.no_ack:
-                entry.state = GONE
-                if self.store is not None and entry.message.journal_id:
-                    self.store.removed(self, entry)
-            else:
-                entry.state = UNACKED
-                self.unacked += 1
-            if entry.returns and count_deliveries:
-                entry.message = with_delivery_count(entry.message, entry.returns)
+            self._hand_out(entry, consumer.no_ack)
             consumer.channel.deliver(consumer, entry, self)
             if not group:
                 return  # the delivery cancelled the consumer
 
-    def _deliver(self, consumer: Consumer, entry: Entry) -> None:
-        if consumer.no_ack:
+    def _hand_out(self, entry: Entry, no_ack: bool) -> None:
+        """A message leaves the ready list: unacked until settled, or gone
+        at once for a no-ack taker."""
+        if no_ack:
             entry.state = GONE
             if self.store is not None and entry.message.journal_id:
                 self.store.removed(self, entry)
@@ -356,6 +353,9 @@ class Queue:
             self.unacked += 1
         if entry.returns and self.count_deliveries:
             entry.message = with_delivery_count(entry.message, entry.returns)
+
+    def _deliver(self, consumer: Consumer, entry: Entry) -> None:
+        self._hand_out(entry, consumer.no_ack)
         consumer.channel.deliver(consumer, entry, self)
 
     def get(self, no_ack: bool) -> Entry | None:
@@ -370,15 +370,7 @@ class Queue:
                 entry.state = GONE
                 deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
                 continue
-            if no_ack:
-                entry.state = GONE
-                if self.store is not None and entry.message.journal_id:
-                    self.store.removed(self, entry)
-            else:
-                entry.state = UNACKED
-                self.unacked += 1
-            if entry.returns and self.count_deliveries:
-                entry.message = with_delivery_count(entry.message, entry.returns)
+            self._hand_out(entry, no_ack)
             return entry
         return None
 

@@ -119,6 +119,16 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _check_same(where: str, fields: tuple[tuple[str, bool, bool], ...]) -> None:
+    """406 for the first declared flag that differs from the existing one."""
+    for field, new, old in fields:
+        if new != old:
+            raise PreconditionFailed(
+                f"inequivalent arg '{field}' for {where}: received "
+                f"'{_show(new)}' but current is '{_show(old)}'"
+            )
+
+
 def check_name(name: str, what: str) -> None:
     if len(name.encode()) > 255:
         raise PreconditionFailed(f"{what} name longer than 255 bytes")
@@ -222,16 +232,11 @@ class VHost:
                 f"inequivalent arg 'type' for {where}: received '{type_name}' "
                 f"but current is '{ex.type_name}'"
             )
-        for field, new, old in (
+        _check_same(where, (
             ("durable", durable, ex.durable),
             ("auto_delete", auto_delete, ex.auto_delete),
             ("internal", internal, ex.internal),
-        ):
-            if new != old:
-                raise PreconditionFailed(
-                    f"inequivalent arg '{field}' for {where}: received "
-                    f"'{_show(new)}' but current is '{_show(old)}'"
-                )
+        ))  # fmt: skip
         key = "alternate-exchange"
         if not _same(arguments.get(key), ex.arguments.get(key)):
             raise PreconditionFailed(
@@ -350,16 +355,11 @@ class VHost:
         arguments: dict[str, Any],
     ) -> None:
         where = self.where("queue", queue.name)
-        for field, new, old in (
+        _check_same(where, (
             ("durable", durable, queue.durable),
             ("exclusive", exclusive, queue.exclusive),
             ("auto_delete", auto_delete, queue.auto_delete),
-        ):
-            if new != old:
-                raise PreconditionFailed(
-                    f"inequivalent arg '{field}' for {where}: received "
-                    f"'{_show(new)}' but current is '{_show(old)}'"
-                )
+        ))  # fmt: skip
         for key in QUEUE_EQUIVALENCE_ARGS:
             got, have = arguments.get(key), queue.arguments.get(key)
             default = (None, "classic")  # naming the default type changes nothing

@@ -2,8 +2,10 @@
 storing every change to durable definitions, in order, from one task.
 
 Declarations are answered at once and stored a moment later; a publisher
-confirm waits for the store to catch up (``flush``), so a confirmed message
-never outlives the durable queue it sits in.
+confirm does not wait for the store. A crash in that moment loses the
+declaration but not the confirmed messages: at start, the journal's messages
+of a queue the store does not know go to a plain durable queue of that name
+(broker/storage.py). A clean stop waits for the store (``flush``).
 """
 
 from __future__ import annotations
