@@ -101,20 +101,16 @@ class RecordCodec:
             payload = self._keyring.seal(payload, bytes((record.kind, flags)))
         return flags, payload
 
-    def decode(self, frame: fmt.Frame, where: str) -> Record:
-        """Return the record in an intact frame; ``where`` names it in errors.
+    def decode(self, frame: fmt.Frame, where: object) -> Record:
+        """Return the record in an intact frame; ``str(where)`` names it in errors.
+
+        ``where`` is formatted only for an error, so recovery passes an
+        object that names the file and offset lazily.
 
         Raises JournalKeyError for an encrypted record this codec has no key
         for, FormatError for a payload that cannot be decoded.
         """
-        return self.open(frame.kind, frame.flags, frame.payload, where)
-
-    def open(self, kind: int, flags: int, payload: bytes, where: object) -> Record:
-        """``decode`` from the frame's parts; ``str(where)`` names it in errors.
-
-        ``where`` is formatted only for an error, so recovery can pass an
-        object that builds the file and offset lazily.
-        """
+        kind, flags, payload = frame.kind, frame.flags, frame.payload
         if flags & fmt.ENCRYPTED:
             if self._keyring is None:
                 key_id = read_key_id(payload)
@@ -122,7 +118,7 @@ class RecordCodec:
                     f"{where}: record is encrypted with key {key_id!r}, "
                     "no keyring given"
                 )
-            payload = self._keyring.open(payload, bytes((kind, flags)), str(where))
+            payload = self._keyring.open(payload, bytes((kind, flags)), where)
         codec = flags & fmt.CODEC_MASK
         if codec == fmt.CODEC_ZSTD:
             payload = self._unzstd(payload, where)

@@ -19,17 +19,21 @@ from pathlib import Path
 
 from .filelayer import FileLayer
 from .format import read_frame, segment_header
-from .segment import TEMP_SUFFIX, Segment, SegmentTable, Slot
+from .segment import TEMP_SUFFIX, Segment, SegmentTable
 
 log = logging.getLogger("amqpd.journal")
 
 
 @dataclass(frozen=True, slots=True)
 class CompactionPlan:
-    """Which segment to rewrite and which of its records to keep."""
+    """Which segment to rewrite and which of its records to keep.
+
+    ``kept`` holds the records' indexes in the segment, ``ranges`` their
+    offsets and sizes, both in file order.
+    """
 
     segment: Segment
-    kept: list[Slot]
+    kept: list[int]
     ranges: list[tuple[int, int]]
 
 
@@ -40,11 +44,9 @@ def plan_compaction(table: SegmentTable) -> CompactionPlan | None:
         return None
     segment = min(candidates, key=lambda seg: seg.segment_id)
     table.sparse.discard(segment)
-    kept = sorted(
-        (slot for slot in segment.slots if slot.holds > 0),
-        key=lambda slot: slot.offset,
-    )
-    ranges = [(slot.offset, slot.size) for slot in kept]
+    kept = segment.live()
+    offsets, sizes = segment.offsets, segment.sizes
+    ranges = [(offsets[index], sizes[index]) for index in kept]
     return CompactionPlan(segment, kept, ranges)
 
 

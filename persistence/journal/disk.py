@@ -39,8 +39,8 @@ from .interface import DurableCallback, JournalOptions, JournalStatistics
 from .keyring import Keyring
 from .ledger import Ledger
 from .records import Record
-from .recovery import repair, replay
-from .segment import Segment, SegmentTable, Slot
+from .recovery import collector_paused, repair, replay
+from .segment import Segment, SegmentTable
 from .state import RecoveredState
 from .writer import Batch, SegmentWriter
 
@@ -120,14 +120,18 @@ class DiskJournal:
             self._layer.fsync_directory(self.directory.parent)
         self._lock_fd = self._layer.lock(self.directory)
         try:
-            result = replay(
-                self.directory, self._codec, self._layer, self.options.compact_ratio
-            )
-            repair(result, self._layer)
+            with collector_paused():
+                result = replay(
+                    self.directory, self._codec, self._layer, self.options.compact_ratio
+                )
+                repair(result, self._layer)
+                state = result.state()
         except BaseException:
             self._unlock()
             raise
         self._table, self._ledger = result.table, result.ledger
+        # The broker holds the messages from here on; the ledger needs ids.
+        self._ledger.forget_records()
         self._tail = self._table.add(result.next_segment_id)
         self._opened = True
         report = result.report
@@ -141,7 +145,7 @@ class DiskJournal:
             report.queues,
             len(report.damage),
         )
-        return result.state()
+        return state
 
     async def __aenter__(self) -> DiskJournal:
         if not self._opened or self._closed:
@@ -239,9 +243,11 @@ class DiskJournal:
         if offset + size > self.options.segment_size and offset > SEGMENT_HEADER_SIZE:
             previous, tail = tail, self._rotate()
             offset = SEGMENT_HEADER_SIZE
+        slot = tail.slot(offset, size)
         try:
-            self._ledger.apply(record, Slot(tail, offset, size))
+            self._ledger.apply(record, slot)
         except RecordRejected:
+            tail.drop_slot(slot)
             if previous is not None:
                 self._unrotate(previous)
             raise

@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from .records import RecordKind
 
@@ -68,6 +67,7 @@ KNOWN_FLAGS: Final = CODEC_MASK | ENCRYPTED
 _SEGMENT_HEADER = struct.Struct("<8sHHI")
 _PREFIX = struct.Struct("<BBBBI")
 _CRC = struct.Struct("<I")
+_HEADER = struct.Struct("<BBBBII")
 _TRAILER = struct.Struct("<I")
 
 SEGMENT_HEADER_SIZE: Final = _SEGMENT_HEADER.size
@@ -78,7 +78,7 @@ OVERHEAD: Final = HEADER_SIZE + TRAILER_SIZE
 
 assert SEGMENT_HEADER_SIZE == 16
 assert PREFIX_SIZE == 8
-assert HEADER_SIZE == 12
+assert HEADER_SIZE == 12 == _HEADER.size
 assert TRAILER_SIZE == 4
 
 _KINDS = frozenset(int(kind) for kind in RecordKind)
@@ -124,9 +124,12 @@ def append_frame(out: bytearray, kind: int, flags: int, payload: bytes) -> None:
     out += _TRAILER.pack(length)
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """A record found intact in a segment (checksum and lengths agree)."""
+class Frame(NamedTuple):
+    """A record found intact in a segment (checksum and lengths agree).
+
+    A named tuple rather than a frozen dataclass: recovery makes one per
+    record, and a tuple is several times cheaper to build.
+    """
 
     offset: int
     kind: int
@@ -163,16 +166,22 @@ def plausible_length(data: bytes, offset: int) -> int | None:
 
 def read_frame(data: bytes, offset: int) -> Frame | None:
     """Return the record starting at ``offset``, or None if it is not intact."""
-    length = plausible_length(data, offset)
-    if length is None:
+    # plausible_length's checks, inlined: recovery calls this once per record
+    if offset + OVERHEAD > len(data):
         return None
-    (crc,) = _CRC.unpack_from(data, offset + PREFIX_SIZE)
+    marker, kind, flags, reserved, length, crc = _HEADER.unpack_from(data, offset)
+    if marker != MARKER or kind not in _KINDS or flags & ~KNOWN_FLAGS or reserved:
+        return None
+    if flags & CODEC_MASK > CODEC_ZSTD:
+        return None
     start = offset + HEADER_SIZE
-    payload = data[start : start + length]
-    prefix = data[offset : offset + PREFIX_SIZE]
-    if zlib.crc32(payload, zlib.crc32(prefix)) != crc:
+    end = start + length
+    if end + TRAILER_SIZE > len(data) or _TRAILER.unpack_from(data, end)[0] != length:
         return None
-    return Frame(offset, data[offset + 1], data[offset + 2], payload)
+    payload = data[start:end]
+    if zlib.crc32(payload, zlib.crc32(data[offset : offset + PREFIX_SIZE])) != crc:
+        return None
+    return Frame(offset, kind, flags, payload)
 
 
 def find_frame(data: bytes, start: int) -> Frame | None:

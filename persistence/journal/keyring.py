@@ -73,8 +73,8 @@ class Keyring:
         sealed = self._ciphers[self._active].encrypt(nonce, plaintext, associated)
         return b"".join((self._active_prefix, nonce, sealed))
 
-    def open(self, data: bytes, associated: bytes, where: str) -> bytes:
-        """Decrypt a sealed payload; ``where`` names it in the error message.
+    def open(self, data: bytes, associated: bytes, where: object) -> bytes:
+        """Decrypt a sealed payload; ``str(where)`` names it in an error message.
 
         Raises JournalKeyError if the key id is unknown or the key does not
         decrypt the payload (the record's checksum already passed, so a bad

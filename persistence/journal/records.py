@@ -31,6 +31,7 @@ import enum
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, ClassVar, TypeAlias
 
 from .errors import FormatError, RecordRejected
@@ -313,25 +314,35 @@ def _take(data: bytes, at: int, size: int) -> bytes:
 
 
 def _decode_message(data: bytes, at: int) -> tuple[MessageRecord, int]:
+    # one bounds check for all four fields: recovery decodes one per message
     mid, expires, priority, n_ex, n_rk, n_hdr, n_body = _MESSAGE.unpack_from(data, at)
     at += _MESSAGE.size
-    exchange = _take(data, at, n_ex).decode()
-    at += n_ex
-    routing_key = _take(data, at, n_rk).decode()
-    at += n_rk
-    header = _take(data, at, n_hdr)
-    at += n_hdr
-    body = _take(data, at, n_body)
-    at += n_body
-    record = MessageRecord(mid, exchange, routing_key, header, body, expires, priority)
-    return record, at
+    end = at + n_ex + n_rk + n_hdr + n_body
+    if end > len(data):
+        raise ValueError("field runs past the end of the payload")
+    rk_at = at + n_ex
+    header_at = rk_at + n_rk
+    body_at = header_at + n_hdr
+    # Names repeat from message to message: interned, a backlog holds each once.
+    record = MessageRecord(
+        mid,
+        intern(data[at:rk_at].decode()),
+        intern(data[rk_at:header_at].decode()),
+        data[header_at:body_at],
+        data[body_at:end],
+        expires,
+        priority,
+    )
+    return record, end
 
 
 def _decode_enqueue(data: bytes, at: int) -> tuple[EnqueueRecord, int]:
     mid, sequence, expires, n_queue = _ENQUEUE.unpack_from(data, at)
     at += _ENQUEUE.size
-    queue = _take(data, at, n_queue).decode()
-    return EnqueueRecord(queue, mid, sequence, expires), at + n_queue
+    end = at + n_queue
+    if end > len(data):
+        raise ValueError("field runs past the end of the payload")
+    return EnqueueRecord(data[at:end].decode(), mid, sequence, expires), end
 
 
 def _decode_ack(data: bytes, at: int) -> tuple[AckRecord, int]:

@@ -24,7 +24,10 @@ header of the record around them is damaged.
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +47,7 @@ from .format import (
 )
 from .keyring import Keyring
 from .ledger import Ledger
-from .segment import SegmentTable, Slot, list_leftovers, list_segments
+from .segment import SegmentTable, list_leftovers, list_segments
 from .state import Damage, DamageKind, RecoveredState, Report
 
 log = logging.getLogger("amqpd.journal")
@@ -111,6 +114,38 @@ def _resync(data: bytes, offset: int) -> Frame | None:
     return find_frame(data, offset + 1)
 
 
+class _Place:
+    """Names the record being decoded in an error, formatted only if one occurs."""
+
+    __slots__ = ("offset", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def __str__(self) -> str:
+        return f"{self.path} offset {self.offset}"
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (process-wide) for the duration.
+
+    Recovery builds several objects per live message and keeps them all; the
+    collector would walk that growing heap again and again and free nothing
+    (measured: about two thirds of the time of recovering a million
+    messages). Reference counting still frees everything as usual. Other
+    threads of the process run without the cyclic collector meanwhile.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclass(slots=True)
 class Replay:
     """Everything recovery rebuilt, for the journal to continue from."""
@@ -136,6 +171,7 @@ def replay(
     ledger = Ledger(table)
     found = list_segments(directory)
     scans, records = [], 0
+    decode, apply = codec.decode, ledger.apply
     for index, (segment_id, path) in enumerate(found):
         data = layer.read(path)
         scan = scan_segment(path, segment_id, data, index == len(found) - 1)
@@ -144,10 +180,17 @@ def replay(
             continue
         segment = table.add(segment_id)
         segment.total_bytes = scan.size if scan.cut_at is None else scan.cut_at
+        where = _Place(path)
+        slot = segment.slot
         for frame in scan.frames:
-            record = codec.decode(frame, f"{path} offset {frame.offset}")
-            ledger.apply(record, Slot(segment, frame.offset, frame.size), strict=False)
+            where.offset = frame.offset
+            record = decode(frame, where)
+            apply(record, slot(frame.offset, frame.size), False)
         records += len(scan.frames)
+        # Decoded: let the payloads go before reading the next segment, so
+        # that recovery never holds more than one segment's bytes twice.
+        del data
+        scan.frames = []
     ledger.drop_unreferenced()
     for segment in list(table.segments.values()):
         table.seal(segment)
@@ -210,4 +253,5 @@ def check(
     if not path.is_dir():
         raise FileNotFoundError(f"no journal directory at {path}")
     codec = RecordCodec(keyring=keyring)
-    return replay(path, codec, file_layer or FileLayer()).report
+    with collector_paused():
+        return replay(path, codec, file_layer or FileLayer()).report

@@ -15,6 +15,8 @@ from amqpd.persistence.journal import (
     JournalFailed,
     JournalOptions,
     MessageRecord,
+    MoveRecord,
+    Placement,
     Record,
     check,
 )
@@ -209,3 +211,42 @@ def test_record_larger_than_a_segment_gets_a_segment_of_its_own(
     assert messages_in(seg(tmp_path, 2)) == [2]
     assert seg(tmp_path, 2).stat().st_size > OPTIONS.segment_size
     assert live_ids(tmp_path) == [1, 2, 3]
+
+
+def test_message_moved_back_into_its_queue_outlives_its_compacted_enqueues(
+    tmp_path: Path,
+) -> None:
+    # Dead-lettering a message back into the queue it came from kills its
+    # ENQUEUE records; once compaction drops them, replay meets the MESSAGE,
+    # then MOVEs whose source entries it cannot find (the first has no
+    # target). The message must still reach the second MOVE's target.
+    journal = opened(tmp_path)
+    journal.append_many(
+        [
+            MessageRecord(1, "ex", "rk", b"h", b"kept"),
+            EnqueueRecord("a", 1, 1),
+            EnqueueRecord("d", 1, 2),
+        ]
+    )
+    for mid in range(2, 40):
+        journal.append_many(message(mid))
+    journal.flush()
+    journal.append(MoveRecord("d", 1))
+    journal.append(MoveRecord("a", 1, (Placement("a", 3),)))
+    for mid in messages_in(seg(tmp_path, 1))[1:]:
+        journal.append(AckRecord("q", mid))
+    journal.flush()
+    assert journal.statistics().compactions == 1
+    journal.close()
+    assert [type(record) for record in records_in(seg(tmp_path, 1))] == [MessageRecord]
+    tail = records_in(seg(tmp_path, 2))
+    assert sum(isinstance(record, MoveRecord) for record in tail) == 2
+
+    reopened = DiskJournal(tmp_path, OPTIONS)
+    state = reopened.recover()
+    reopened.close()
+
+    (queued,) = state.queues["a"]
+    assert (queued.message.message_id, queued.sequence) == (1, 3)
+    assert queued.message.body == b"kept"
+    assert "d" not in state.queues
