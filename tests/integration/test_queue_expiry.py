@@ -67,10 +67,11 @@ def exists(conn: BlockingConnection, queue: str) -> bool:
     probe = conn.channel()
     try:
         probe.queue_bind(queue, "amq.direct", PROBE_KEY)
+        # the queue may expire in between: then the unbind finds it gone
+        probe.queue_unbind(queue, "amq.direct", PROBE_KEY)
     except ChannelClosedByBroker as exc:
         assert exc.reply_code == 404
         return False
-    probe.queue_unbind(queue, "amq.direct", PROBE_KEY)
     probe.close()
     return True
 
