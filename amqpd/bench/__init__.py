@@ -2,7 +2,8 @@
 
 Its own small client (``client``, ``frames``) drives publishers and
 consumers in separate processes (``publisher``, ``consumer``, ``fleet``);
-``scenarios`` and ``operations`` define what is measured, ``runner`` repeats
-and cleans up, ``results`` and ``report`` write JSON lines and tables, and
-``cli`` is the command. See docs/performance.md.
+``scenarios`` and ``operations`` define what is measured, ``runner`` runs
+one repeat and cleans up, ``session`` orders the repeats over one or more
+brokers (alternating them), ``results`` and ``report`` write JSON lines and
+tables, and ``cli`` is the command. See docs/performance.md.
 """

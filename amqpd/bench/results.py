@@ -285,11 +285,17 @@ EN_DASH = "\N{EN DASH}"
 
 
 def format_markdown(rows: Sequence[Comparison], name_a: str, name_b: str) -> list[str]:
-    """The comparison as a Markdown table: medians with (min, max) after."""
+    """The comparison as a Markdown table: each median with (min - max) after.
+
+    One repeat, or repeats that all agree, show the median alone.
+    """
 
     def cell(figure: dict[str, float]) -> str:
+        median = format_number(figure["median"])
+        if figure["min"] == figure["max"]:
+            return median
         low, high = format_number(figure["min"]), format_number(figure["max"])
-        return f"{format_number(figure['median'])} ({low} {EN_DASH} {high})"
+        return f"{median} ({low} {EN_DASH} {high})"
 
     ratio = f"{name_a}/{name_b}"
     head = ["scenario", "figure", "unit", name_a, name_b, ratio, "better"]
