@@ -76,6 +76,7 @@ class DiskJournal:
         self.directory = Path(directory)
         self.options = options or JournalOptions()
         self._layer = file_layer or FileLayer()
+        self._segment_size = self.options.segment_size
         self._codec = RecordCodec(
             compress_threshold=self.options.compress_threshold,
             compress_level=self.options.compress_level,
@@ -236,11 +237,14 @@ class DiskJournal:
         """
         if self._closed or not self._opened or self._failure is not None:
             self._refuse()
+        return self._append(record)
+
+    def _append(self, record: Record) -> int:
         flags, payload = self._codec.seal(record)
         size = len(payload) + OVERHEAD
         tail, offset = self._tail, self._tail_offset
         previous = None
-        if offset + size > self.options.segment_size and offset > SEGMENT_HEADER_SIZE:
+        if offset + size > self._segment_size and offset > SEGMENT_HEADER_SIZE:
             previous, tail = tail, self._rotate()
             offset = SEGMENT_HEADER_SIZE
         slot = tail.slot(offset, size)
@@ -264,8 +268,11 @@ class DiskJournal:
 
         Records before a rejected one stay appended.
         """
+        if self._closed or not self._opened or self._failure is not None:
+            self._refuse()
+        append = self._append
         for record in records:
-            self.append(record)
+            append(record)
         return self._lsn
 
     def on_durable(self, lsn: int, callback: DurableCallback) -> None:

@@ -70,6 +70,10 @@ _CRC = struct.Struct("<I")
 _HEADER = struct.Struct("<BBBBII")
 _TRAILER = struct.Struct("<I")
 
+_pack_prefix = _PREFIX.pack
+_pack_u32 = _CRC.pack
+_crc32 = zlib.crc32
+
 SEGMENT_HEADER_SIZE: Final = _SEGMENT_HEADER.size
 PREFIX_SIZE: Final = _PREFIX.size
 HEADER_SIZE: Final = _PREFIX.size + _CRC.size
@@ -115,13 +119,20 @@ def build_frame(kind: int, flags: int, payload: bytes) -> bytes:
 
 
 def append_frame(out: bytearray, kind: int, flags: int, payload: bytes) -> None:
-    """Append the full record bytes to ``out`` (no intermediate copy)."""
+    """Append the full record bytes to ``out``."""
+    out += b"".join(frame_parts(kind, flags, payload))
+
+
+def frame_parts(kind: int, flags: int, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """The record bytes in three parts: header, payload, trailing length.
+
+    The payload is not copied, which is what group commit wants: appends
+    collect parts and the writer thread joins them.
+    """
     length = len(payload)
-    prefix = _PREFIX.pack(MARKER, kind, flags, 0, length)
-    out += prefix
-    out += _CRC.pack(zlib.crc32(payload, zlib.crc32(prefix)))
-    out += payload
-    out += _TRAILER.pack(length)
+    prefix = _pack_prefix(MARKER, kind, flags, 0, length)
+    header = prefix + _pack_u32(_crc32(payload, _crc32(prefix)))
+    return header, payload, _pack_u32(length)
 
 
 class Frame(NamedTuple):

@@ -10,35 +10,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from .filelayer import FileLayer
-from .format import OVERHEAD, append_frame, segment_header
+from .format import OVERHEAD, frame_parts, segment_header
 from .segment import segment_name
 
 
 class Batch:
     """Record bytes appended since the last flush, grouped by segment.
 
-    ``last_lsn`` is the log position of the newest record in the batch: once
-    the batch is durable, so is every position up to it.
+    Each segment's records are kept as a list of parts (header, payload,
+    trailing length) that the writer joins on its thread, so an append
+    copies no payload. ``last_lsn`` is the log position of the newest
+    record in the batch: once the batch is durable, so is every position up
+    to it.
     """
 
-    __slots__ = ("chunks", "last_lsn", "size")
+    __slots__ = ("_parts", "_segment_id", "chunks", "last_lsn", "size")
 
     def __init__(self) -> None:
-        self.chunks: list[tuple[int, bytearray]] = []
+        self.chunks: list[tuple[int, list[bytes]]] = []
         self.last_lsn = 0
         self.size = 0
+        self._segment_id = -1
+        self._parts: list[bytes] = []
 
     def add(
         self, segment_id: int, kind: int, flags: int, payload: bytes, lsn: int
     ) -> None:
         """Append a record bound for ``segment_id`` as position ``lsn``."""
-        chunks = self.chunks
-        if chunks and chunks[-1][0] == segment_id:
-            buffer = chunks[-1][1]
-        else:
-            buffer = bytearray()
-            chunks.append((segment_id, buffer))
-        append_frame(buffer, kind, flags, payload)
+        if segment_id != self._segment_id:
+            self._segment_id, self._parts = segment_id, []
+            self.chunks.append((segment_id, self._parts))
+        self._parts += frame_parts(kind, flags, payload)
         self.size += len(payload) + OVERHEAD
         self.last_lsn = lsn
 
@@ -70,11 +72,11 @@ class SegmentWriter:
 
     def write(self, batch: Batch, sync: bool) -> None:
         """Write ``batch``; with ``sync``, make it durable before returning."""
-        for segment_id, data in batch.chunks:
+        for segment_id, parts in batch.chunks:
             if segment_id != self._segment_id:
                 self._open(segment_id)
             assert self._fd is not None
-            self._layer.write(self._fd, data)
+            self._layer.write(self._fd, b"".join(parts))
             self._dirty = True
         if sync:
             self.sync()
