@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from amqpd.auth.users import User
-from amqpd.broker.policy import Policy
+from amqpd.broker.policy import Policy, validate_policy
 from amqpd.broker.queue import Queue
 from amqpd.broker.vhost import Exchange, PersistOp
 from amqpd.errors import AMQPError
@@ -74,10 +74,16 @@ async def restore(node: Node, store: DefinitionsStore) -> None:
         )
     for policy in defs.policies:
         target = node.vhosts.get(policy.vhost)
-        if target is not None:
+        if target is None:
+            continue
+        definition = thaw_table(policy.definition)
+        with _skipping("policy", policy.vhost, policy.name):
+            validate_policy(
+                policy.pattern, definition, policy.priority, policy.apply_to
+            )
             target.policies[policy.name] = Policy(
-                policy.vhost, policy.name, policy.pattern,
-                thaw_table(policy.definition), policy.priority, policy.apply_to,
+                policy.vhost, policy.name, policy.pattern, definition,
+                policy.priority, policy.apply_to,
             )  # fmt: skip
     for ex in defs.exchanges:
         target = node.vhosts.get(ex.vhost)
