@@ -304,7 +304,8 @@ if [ "$RESTART" = 1 ]; then
 fi
 say "running: amqpd bench ${*:-(full run)}"
 set +e
-"${bench[@]}" "$@" 2> >(tee "$OUT/progress.log" >&2) | tee "$OUT/report.txt"
+# tee -i: on Ctrl-C the logs stay open for the bench's last words
+"${bench[@]}" "$@" 2> >(tee -i "$OUT/progress.log" >&2) | tee -i "$OUT/report.txt"
 status=${PIPESTATUS[0]}
 set -e
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"

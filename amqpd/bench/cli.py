@@ -225,7 +225,12 @@ def main(argv: list[str]) -> int:
             return 1
     say = Progress(say=lambda text: print(text, file=sys.stderr, flush=True))
     session = Session(targets, options, restart_command=restart, progress=say)
-    return run_all(session, names, args.json)
+    try:
+        return run_all(session, names, args.json)
+    except KeyboardInterrupt:
+        # the run in progress has deleted what it declared on the way out
+        print("amqpd bench: interrupted", file=sys.stderr)
+        return 130
 
 
 def run_all(session: Session, names: list[str], json_path: Path | None) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from amqpd.bench import session as session_module
+from amqpd.bench.client import BenchError
 from amqpd.bench.procstat import wait_quiet
 from amqpd.bench.report import side_by_side_lines
 from amqpd.bench.results import RunRecord, ScenarioResult
@@ -160,7 +161,7 @@ def test_failed_restart_is_recorded_and_the_scenario_not_run(
     [("print('done')", "printed no PID"), ("print(999999999)", "not running")],
 )
 def test_restart_needs_the_pid_of_a_running_process(printed: str, reason: str) -> None:
-    with pytest.raises(session_module.BenchError, match=reason):
+    with pytest.raises(BenchError, match=reason):
         session_module.restart_broker([sys.executable, "-c", printed], Target("a", ""))
 
 
