@@ -209,8 +209,11 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         chmod 755 /usr/sbin/policy-rc.d
         policy_added=1
     fi
-    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server
+    installed=0
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server ||
+        installed=$?
     [ "$policy_added" = 0 ] || rm -f /usr/sbin/policy-rc.d
+    [ "$installed" = 0 ] || die "installing rabbitmq-server failed"
 fi
 
 for port in "$AMQPD_PORT" "$RABBITMQ_PORT" "$RABBITMQ_DIST_PORT"; do
