@@ -43,6 +43,7 @@ from amqpd.persistence.journal import (
     DiskJournal,
     EnqueueRecord,
     JournalError,
+    JournalOptions,
     MessageRecord,
 )
 
@@ -219,10 +220,16 @@ class AppendResult:
 
 
 async def confirm_run(
-    directory: Path, body: bytes, limit: int, seconds: float, chunk: int, acks: bool
+    directory: Path,
+    body: bytes,
+    limit: int,
+    seconds: float,
+    chunk: int,
+    acks: bool,
+    options: JournalOptions | None = None,
 ) -> AppendResult:
     """Publishes in chunks with a confirm each; optionally ack the last chunk."""
-    journal = DiskJournal(directory)
+    journal = DiskJournal(directory, options)
     journal.recover()
     confirmed = 0
 
@@ -261,13 +268,19 @@ async def confirm_run(
     return AppendResult(name, sent, records, elapsed, cpu, stats.batches, stats.fsyncs)
 
 
-def append_cost(directory: Path, body: bytes, limit: int, seconds: float) -> float:
+def append_cost(
+    directory: Path,
+    body: bytes,
+    limit: int,
+    seconds: float,
+    options: JournalOptions | None = None,
+) -> float:
     """CPU microseconds of append_many per message, flushes not counted.
 
     CPU time of this thread rather than wall time, so that other work on a
     busy machine does not count; the records are built outside the timing.
     """
-    journal = DiskJournal(directory)
+    journal = DiskJournal(directory, options)
     journal.recover()
     spent = 0.0
     sent = 0
@@ -298,12 +311,15 @@ async def run_appends(args: argparse.Namespace) -> None:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="jbench-"))
     bodies = [_body(int(size)) for size in args.bodies.split(",")]
     scenarios = args.scenarios.split(",")
+    options = JournalOptions(compression=args.compression) if args.compression else None
     count = 0
     for body in bodies if "cost" in scenarios else ():
         costs = []
         for _ in range(args.runs):
             count += 1
-            costs.append(append_cost(root / f"c{count}", body, args.messages, 5.0))
+            costs.append(
+                append_cost(root / f"c{count}", body, args.messages, 5.0, options)
+            )
         print(
             f"append cost {len(body)}B: median {statistics.median(costs):.2f} us/msg "
             f"(runs: {', '.join(f'{c:.2f}' for c in costs)})",
@@ -317,7 +333,13 @@ async def run_appends(args: argparse.Namespace) -> None:
             for _ in range(args.runs):
                 count += 1
                 result = await confirm_run(
-                    root / f"r{count}", body, args.messages, args.seconds, 50, acks
+                    root / f"r{count}",
+                    body,
+                    args.messages,
+                    args.seconds,
+                    50,
+                    acks,
+                    options,
                 )
                 print("  " + result.line(), flush=True)
                 rates.append(result.messages / result.seconds)
@@ -336,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     appends.add_argument("--seconds", type=float, default=5.0, help="per run")
     appends.add_argument("--runs", type=int, default=3)
     appends.add_argument("--bodies", default="16,1024,16384", help="body sizes")
+    appends.add_argument("--compression", choices=("zstd", "zlib"), help="codec")
     appends.add_argument(
         "--scenarios", default="cost,confirm,ack", help="cost, confirm, ack"
     )
