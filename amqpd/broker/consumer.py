@@ -8,6 +8,9 @@ if TYPE_CHECKING:
     from amqpd.broker.queue import Entry, Queue
 
 
+UNLIMITED = 1 << 30
+
+
 class DeliverySink(Protocol):
     """What a queue needs from the channel a consumer lives on."""
 
@@ -17,6 +20,17 @@ class DeliverySink(Protocol):
 
     def has_capacity(self) -> bool:
         """False while a channel-wide (global) prefetch limit is reached."""
+
+    def room(self) -> int:
+        """Deliveries the channel-wide prefetch still allows."""
+
+    def output_room(self) -> int:
+        """Bytes the connection's output buffer takes before it is full."""
+
+    def deliver_batch(
+        self, consumer: Consumer, entries: list[Entry], queue: Queue
+    ) -> None:
+        """deliver() for several messages, as one write."""
 
     def deliver(self, consumer: Consumer, entry: Entry, queue: Queue) -> None:
         """Send one message to the consumer and track it until settled."""
@@ -65,6 +79,15 @@ class Consumer:
             return False
         channel = self.channel
         return not channel.blocked and channel.has_capacity()
+
+    def room(self) -> int:
+        """How many messages this consumer may receive now (a large number
+        when nothing limits it)."""
+        channel = self.channel
+        if channel.blocked:
+            return 0
+        room = self.prefetch - self.unacked if self.prefetch else UNLIMITED
+        return max(0, min(room, channel.room()))
 
     def __repr__(self) -> str:
         return f"<Consumer {self.tag!r} on {self.queue.name!r}>"

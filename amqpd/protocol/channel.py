@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands as spec
 from pamqp.base import Frame as Method
 
-from amqpd.broker.consumer import Consumer
+from amqpd.broker.consumer import UNLIMITED, Consumer
 from amqpd.broker.message import Message
 from amqpd.broker.policy import amqp_type_name
 from amqpd.broker.queue import Entry, Queue
@@ -471,6 +471,40 @@ class ChannelMachine:
             self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk,
             message.header, message.content(), conn.frame_max,
         ))  # fmt: skip
+
+    def room(self) -> int:
+        if not self.global_prefetch:
+            return UNLIMITED
+        return self.global_prefetch - self.consumer_unacked
+
+    def output_room(self) -> int:
+        conn = self.conn
+        return conn.output_limit - conn.output_size
+
+    def deliver_batch(
+        self, consumer: Consumer, entries: list[Entry], queue: Queue
+    ) -> None:
+        number, ctag, frame_max = self.number, consumer.ctag, self.conn.frame_max
+        tag = self.next_tag
+        parts = []
+        track = not consumer.no_ack
+        unacked = self.unacked
+        build = fastpath.deliver_message
+        for entry in entries:
+            tag += 1
+            if track:
+                unacked[tag] = (entry, queue, consumer)
+            message = entry.message
+            body = message.body
+            parts.append(build(
+                number, ctag, tag, entry.redelivered, message.ex_rk, message.header,
+                body if body is not None else message.content(), frame_max,
+            ))  # fmt: skip
+        self.next_tag = tag
+        if track:
+            consumer.unacked += len(entries)
+            self.consumer_unacked += len(entries)
+        self.conn.write(b"".join(parts))
 
     def cancel_by_server(self, consumer: Consumer) -> None:
         if self.consumers.pop(consumer.tag, None) is None:

@@ -94,6 +94,18 @@ class Sink:
             consumer.unacked += 1
         self.deliveries.append((consumer.tag, entry))
 
+    def room(self) -> int:
+        return 1 << 30
+
+    def output_room(self) -> int:
+        return 1 << 30
+
+    def deliver_batch(
+        self, consumer: Consumer, entries: list[Entry], queue: Queue
+    ) -> None:
+        for entry in entries:
+            self.deliver(consumer, entry, queue)
+
     def cancel_by_server(self, consumer: Consumer) -> None:
         raise AssertionError("the queue is never deleted here")
 

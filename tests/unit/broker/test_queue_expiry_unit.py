@@ -67,6 +67,18 @@ class Sink:
         consumer.unacked += 0 if consumer.no_ack else 1
         self.delivered.append(entry.message.body)
 
+    def room(self) -> int:
+        return 1 << 30
+
+    def output_room(self) -> int:
+        return 1 << 30
+
+    def deliver_batch(
+        self, consumer: Consumer, entries: list[Entry], queue: Queue
+    ) -> None:
+        for entry in entries:
+            self.deliver(consumer, entry, queue)
+
     def cancel_by_server(self, consumer: Consumer) -> None:
         pass
 
