@@ -356,7 +356,7 @@ class Queue:
             # stop a batch where the connection's output buffer fills up, so
             # that it overshoots its limit by one message at most
             space = consumer.channel.output_room()
-            batch = []
+            batch: list[Entry] = []
             while len(batch) < count:
                 entry = ready.popleft()
                 batch.append(entry)
