@@ -111,8 +111,11 @@ class DiskJournal:
         """Take the directory's lock, read it, repair it, return what is live.
 
         Blocking; a broker with a large journal may run it in a worker
-        thread. Raises JournalLocked if another journal holds the directory,
-        JournalKeyError (before changing anything) if a key is missing.
+        thread. The cyclic garbage collector is paused meanwhile, for the
+        whole process (``recovery.collector_paused``). Raises JournalLocked
+        if another journal holds the directory, JournalKeyError or
+        FormatError (before changing anything) if a key or the zstandard
+        package is missing.
         """
         if self._opened or self._closed:
             raise JournalError("recover() runs once, first")
