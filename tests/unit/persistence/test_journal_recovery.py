@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from amqpd.persistence.journal import (
+    AckRecord,
     DamageKind,
     DeliveryCountRecord,
     DiskJournal,
     EnqueueRecord,
+    FileLayer,
     FormatError,
     JournalKeyError,
     JournalOptions,
@@ -312,3 +315,79 @@ def test_segment_of_a_newer_format_version_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(FormatError, match="version"):
         recover(tmp_path)
+
+
+class CollectorWatch(FileLayer):
+    """Notes whether the cyclic garbage collector runs while segments are read."""
+
+    def __init__(self) -> None:
+        self.enabled_while_reading: list[bool] = []
+
+    def read(self, path: Path) -> bytes:
+        self.enabled_while_reading.append(gc.isenabled())
+        return super().read(path)
+
+
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if not was:
+        gc.disable()
+
+
+@pytest.mark.usefixtures("collector_on")
+def test_recovery_pauses_the_collector_and_turns_it_back_on(tmp_path: Path) -> None:
+    options = JournalOptions(segment_size=4096)
+    write(tmp_path, published(1, 100), options)
+    watch = CollectorWatch()
+
+    journal = DiskJournal(tmp_path, options, file_layer=watch)
+    state = journal.recover()
+    journal.close()
+    check(tmp_path, file_layer=watch)
+
+    assert len(watch.enabled_while_reading) > 4
+    assert not any(watch.enabled_while_reading)
+    assert gc.isenabled()
+    assert ids(state) == list(range(1, 101))
+
+
+@pytest.mark.usefixtures("collector_on")
+def test_recovery_failure_turns_the_collector_back_on(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 2))
+    segment = only_segment(tmp_path)
+    segment.write_bytes(segment.read_bytes() + fmt.build_frame(RecordKind.ACK, 0, b"?"))
+
+    with pytest.raises(FormatError):
+        recover(tmp_path)
+    assert gc.isenabled()
+
+
+def test_recovery_leaves_a_disabled_collector_disabled(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 2))
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        assert ids(recover(tmp_path)) == [1, 2]
+        assert not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_recovered_journal_goes_on_without_keeping_message_records(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, published(1, 3))
+    journal = DiskJournal(tmp_path)
+    journal.recover()
+    journal.append_many(published(4, 5))
+    journal.append(AckRecord("q", 2))
+    journal.close()
+
+    state = recover(tmp_path)
+
+    assert ids(state) == [1, 3, 4, 5]
+    assert [m.message.body for m in state.queues["q"]][-1] == b"body of message 5"
