@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# tools/ is on sys.path when this runs as a script
+from journal_bench import json_body
+
 from amqpd.persistence.journal import (
     AckRecord,
     DiskJournal,
@@ -42,12 +45,20 @@ QUEUE = "/\x00backlog"
 FLUSH_EVERY = 10_000
 
 
-def write(directory: Path, messages: int, body_size: int, acked: str) -> float:
+def write(
+    directory: Path,
+    messages: int,
+    body_size: int,
+    acked: str,
+    json_bodies: bool = False,
+) -> float:
     """Write the journal; return the seconds it took."""
     start = time.perf_counter()
     journal = DiskJournal(directory)
     journal.recover()
     body = bytes(range(body_size % 256)) + b"b" * (body_size - body_size % 256)
+    if json_bodies:
+        body = json_body(body_size)
     for mid in range(1, messages + 1):
         journal.append_many(
             [
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--body", type=int, default=100, help="body bytes")
+    parser.add_argument("--json", action="store_true", help="JSON bodies")
     parser.add_argument(
         "--acked", choices=("none", "head", "alternate"), default="none"
     )
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     directory = root / "journal"
     try:
         if not directory.exists():
-            seconds = write(directory, args.messages, args.body, args.acked)
+            seconds = write(directory, args.messages, args.body, args.acked, args.json)
             size = sum(p.stat().st_size for p in directory.glob("*.seg"))
             print(
                 f"wrote {args.messages:,} messages ({args.acked} acked) in "
