@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +31,7 @@ def process_rss() -> int:
             pages = int(fh.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
-
+        # no /proc, or no file descriptor left: the peak is the best we have
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -83,5 +83,8 @@ class AlarmMonitor:
 
     async def run(self) -> None:
         while True:
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a failed check must not stop the broker
+                log.exception("resource check failed")
             await anyio.sleep(self.node.config.alarm_check_interval)

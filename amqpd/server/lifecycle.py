@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger("amqpd.server")
 
 LOCK_NAME = "amqpd.lock"
 DRAIN_TIMEOUT = 2.0
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
 
 
 class StartupError(Exception):
@@ -248,6 +250,7 @@ class Broker:
         self.port = port
 
     async def _accept(self, listener: SocketListener) -> None:
+        last_error = 0.0
         async with anyio.create_task_group() as tg:
             while True:
                 try:
@@ -255,7 +258,10 @@ class Broker:
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     return
                 except OSError as exc:  # EMFILE and the like: keep serving
-                    log.error("accept failed: %s", exc)
+                    now = time.monotonic()
+                    if now - last_error > ACCEPT_ERROR_LOG_INTERVAL:
+                        log.error("accept failed (retrying): %s", exc)
+                        last_error = now
                     await anyio.sleep(0.1)
                     continue
                 tg.start_soon(self._handle, stream)
