@@ -37,7 +37,10 @@ class Node:
         self.permissions: dict[tuple[str, str], records.Permission] = {}
         # where definition changes go to be stored (set by the server once
         # the definitions store is open); None while nothing is stored
-        self.persist: Callable[[PersistOp], None] | None = None
+        self.persist: Callable[[PersistOp], int] | None = None
+        # changes handed to the definitions store, and those it committed
+        self.definitions_submitted = 0
+        self.definitions_stored = 0
         self.message_store: MessageStore | None = None
         self.pager: Pager | None = None
 
@@ -56,7 +59,16 @@ class Node:
 
     def _persist(self, op: PersistOp) -> None:
         if self.persist is not None:
-            self.persist(op)
+            self.definitions_submitted = self.persist(op)
+
+    def stored(self, ticket: int) -> None:
+        """The definitions store committed every change up to ``ticket``:
+        replies that waited for it can go."""
+        self.definitions_stored = ticket
+        for driver in list(self.connections):
+            conn = getattr(driver, "conn", None)
+            if conn is not None and conn.held:
+                conn.release_held()
 
     def alarm_changed(self, reason: str) -> None:
         """Tell every connection that an alarm went on or off ('' = off)."""

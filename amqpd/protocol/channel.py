@@ -177,6 +177,12 @@ class ChannelMachine:
     def send(self, method: Method) -> None:
         self.conn.write(build_method(self.number, method))
 
+    def send_stored(self, method: Method) -> None:
+        """A reply that promises a stored change (declare, bind, delete,
+        purge): it leaves once the definitions store and the journal hold
+        everything done so far."""
+        self.conn.write_stored(build_method(self.number, method))
+
     @property
     def vhost(self) -> Any:
         return self.conn.vhost
@@ -647,26 +653,26 @@ class ChannelMachine:
             arguments=dict(m.arguments or {}),
         )  # fmt: skip
         if not m.nowait:
-            self.send(spec.Exchange.DeclareOk())
+            self.send_stored(spec.Exchange.DeclareOk())
 
     def _on_exchange_delete(self, m: spec.Exchange.Delete) -> None:
         if m.exchange in self.vhost.exchanges or m.exchange.startswith("amq.") \
                 or m.exchange == "":  # fmt: skip
             self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
         if not m.nowait:
-            self.send(spec.Exchange.DeleteOk())
+            self.send_stored(spec.Exchange.DeleteOk())
 
     def _on_exchange_bind(self, m: spec.Exchange.Bind) -> None:
         dest = self.vhost.get_exchange(m.destination)
         self.vhost.bind(dest, m.source, m.routing_key, dict(m.arguments or {}))
         if not m.nowait:
-            self.send(spec.Exchange.BindOk())
+            self.send_stored(spec.Exchange.BindOk())
 
     def _on_exchange_unbind(self, m: spec.Exchange.Unbind) -> None:
         dest = self.vhost.get_exchange(m.destination)
         self.vhost.unbind(dest, m.source, m.routing_key, dict(m.arguments or {}))
         if not m.nowait:
-            self.send(spec.Exchange.UnbindOk())
+            self.send_stored(spec.Exchange.UnbindOk())
 
     # queue class
 
@@ -697,7 +703,7 @@ class ChannelMachine:
             self.conn.exclusive_queues[queue.name] = queue
         self.last_queue = queue.name
         if not m.nowait:
-            self.conn.write(fastpath.declare_ok_frame(
+            self.conn.write_stored(fastpath.declare_ok_frame(
                 self.number, queue.name, queue.message_count, queue.consumer_count
             ))  # fmt: skip
 
@@ -705,18 +711,18 @@ class ChannelMachine:
         queue = self.vhost.get_queue(self._queue_name(m.queue, 20), self.conn)
         self.vhost.bind(queue, m.exchange, m.routing_key, dict(m.arguments or {}))
         if not m.nowait:
-            self.send(spec.Queue.BindOk())
+            self.send_stored(spec.Queue.BindOk())
 
     def _on_queue_unbind(self, m: spec.Queue.Unbind) -> None:
         queue = self.vhost.get_queue(self._queue_name(m.queue, 50), self.conn)
         self.vhost.unbind(queue, m.exchange, m.routing_key, dict(m.arguments or {}))
-        self.send(spec.Queue.UnbindOk())
+        self.send_stored(spec.Queue.UnbindOk())
 
     def _on_queue_purge(self, m: spec.Queue.Purge) -> None:
         queue = self.vhost.get_queue(self._queue_name(m.queue, 30), self.conn)
         count = queue.purge()
         if not m.nowait:
-            self.send(spec.Queue.PurgeOk(message_count=count))
+            self.send_stored(spec.Queue.PurgeOk(message_count=count))
 
     def _on_queue_delete(self, m: spec.Queue.Delete) -> None:
         name = self._queue_name(m.queue, 40)
@@ -728,7 +734,7 @@ class ChannelMachine:
             )  # fmt: skip
             self.conn.exclusive_queues.pop(name, None)
         if not m.nowait:
-            self.send(spec.Queue.DeleteOk(message_count=count))
+            self.send_stored(spec.Queue.DeleteOk(message_count=count))
 
     # basic class
 

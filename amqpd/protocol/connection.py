@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,9 @@ class ConnectionMachine:
         self.channels: dict[int, ChannelMachine] = {}
         self.exclusive_queues: dict[str, Queue] = {}
         self.confirms_pending: set[ChannelMachine] = set()
+        # replies waiting for their changes to be stored: (definitions
+        # ticket, journal lsn, frame bytes)
+        self.held: deque[tuple[int, int, bytes]] = deque()
         self.vhost: VHost | None = None
         self.user = ""
         self.client_properties: dict[str, Any] = {}
@@ -135,6 +139,42 @@ class ConnectionMachine:
         self.output_size = size
         if size > self.output_limit:
             self.saturated = True
+
+    def write_stored(self, data: bytes) -> None:
+        """Write ``data`` once every definition change and journal record
+        made so far is on disk (at once when nothing is pending)."""
+        node = self.node
+        ticket = node.definitions_submitted
+        if ticket <= node.definitions_stored:
+            ticket = 0
+        lsn = 0
+        store = node.message_store
+        if store is not None:
+            journal = store.journal
+            if journal.appended_lsn > journal.durable_lsn:
+                lsn = journal.appended_lsn
+                journal.on_durable(lsn, self._journal_durable)
+        if not ticket and not lsn and not self.held:
+            self.write(data)
+            return
+        self.held.append((ticket, lsn, data))
+
+    def _journal_durable(self, error: Exception | None) -> None:
+        self.release_held()
+
+    def release_held(self) -> None:
+        """Send held replies whose changes are now stored, in order."""
+        held = self.held
+        node = self.node
+        store = node.message_store
+        durable = store.journal.durable_lsn if store is not None else 0
+        while held:
+            ticket, lsn, data = held[0]
+            if ticket > node.definitions_stored or (lsn and lsn > durable):
+                return
+            held.popleft()
+            if self.state not in (CLOSED,):
+                self.write(data)
 
     def wake(self) -> None:
         """Ask the driver to take the output soon (confirms are pending)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,18 +140,26 @@ def _skipping(kind: str, vhost: str, name: str) -> Iterator[None]:
 class DefinitionsWriter:
     """Applies definition changes to the store in order, from one task."""
 
-    def __init__(self, store: DefinitionsStore) -> None:
+    def __init__(
+        self, store: DefinitionsStore, on_stored: Callable[[int], None]
+    ) -> None:
         self.store = store
+        self.on_stored = on_stored
+        self.submitted = 0
+        self.stored = 0
         self._ops: deque[PersistOp] = deque()
         self._wake = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
 
-    def submit(self, op: PersistOp) -> None:
+    def submit(self, op: PersistOp) -> int:
+        """Queue a change; its ticket (ticket N is stored once N changes are)."""
         self._ops.append(op)
         self._wake.set()
         if self._idle.is_set():
             self._idle = anyio.Event()
+        self.submitted += 1
+        return self.submitted
 
     @property
     def pending(self) -> bool:
@@ -171,6 +179,8 @@ class DefinitionsWriter:
                     await op(self.store)
                 except DefinitionsError as exc:
                     log.error("could not store a definition change: %s", exc)
+                self.stored += 1
+                self.on_stored(self.stored)
             self._idle.set()
 
 

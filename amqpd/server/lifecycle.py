@@ -226,7 +226,7 @@ class Broker:
             await definitions.restore(self.node, self._store)
         except (DefinitionsError, OSError) as exc:
             raise StartupError(f"definitions store: {exc}") from None
-        self.definitions = definitions.DefinitionsWriter(self._store)
+        self.definitions = definitions.DefinitionsWriter(self._store, self.node.stored)
         self.node.persist = self.definitions.submit
 
     async def _listen(self) -> None:

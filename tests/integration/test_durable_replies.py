@@ -1,0 +1,103 @@
+"""A declare-ok, bind-ok, delete-ok or purge-ok promises a stored change: a
+kill -9 right after the reply keeps it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pika
+import pytest
+
+
+@contextmanager
+def _broker(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amqpd", "--bind", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data_dir)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 20
+        port = 0
+        while time.monotonic() < deadline and not port:
+            line = proc.stderr.readline()
+            if "amqpd ready: listening on 127.0.0.1:" in line:
+                port = int(line.rsplit(":", 1)[1])
+            elif not line and proc.poll() is not None:
+                break
+        assert port, "broker did not start"
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def _connect(port: int) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+
+
+def _kill(proc: subprocess.Popen[str], conn: pika.BlockingConnection) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:  # the client notices the lost connection and closes its socket
+        conn.process_data_events(time_limit=0.5)
+    except pika.exceptions.AMQPError:
+        pass
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_declarations_answered_before_a_kill_survive_it(
+    tmp_path: Path, attempt: int
+) -> None:
+    data = tmp_path / "data"
+    with _broker(data) as (proc, port):
+        conn = _connect(port)
+        ch = conn.channel()
+        ch.exchange_declare("dk.x", "direct", durable=True)
+        ch.queue_declare("dk.q", durable=True, arguments={"x-max-priority": 5})
+        ch.queue_bind("dk.q", "dk.x", "key")
+        _kill(proc, conn)  # no pause: the replies above must already be stored
+    with _broker(data) as (proc, port):
+        conn = _connect(port)
+        ch = conn.channel()
+        ch.exchange_declare("dk.x", "direct", durable=True, passive=True)
+        # the same arguments: a queue restored without them would be 406
+        ch.queue_declare("dk.q", durable=True, arguments={"x-max-priority": 5})
+        ch.confirm_delivery()
+        ch.basic_publish("dk.x", "key", b"routed", mandatory=True)
+        assert ch.queue_declare("dk.q", passive=True).method.message_count == 1
+        conn.close()
+
+
+def test_delete_and_purge_answered_before_a_kill_stay_done(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    persistent = pika.BasicProperties(delivery_mode=2)
+    with _broker(data) as (proc, port):
+        conn = _connect(port)
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for name in ("gone.q", "purged.q"):
+            ch.queue_declare(name, durable=True)
+            for i in range(100):
+                ch.basic_publish("", name, b"m%d" % i, persistent)
+        assert ch.queue_delete("gone.q").method.message_count == 100
+        assert ch.queue_purge("purged.q").method.message_count == 100
+        _kill(proc, conn)
+    with _broker(data) as (proc, port):
+        conn = _connect(port)
+        ch = conn.channel()
+        assert ch.queue_declare("purged.q", passive=True).method.message_count == 0
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            ch.queue_declare("gone.q", passive=True)
+        assert info.value.reply_code == 404
+        conn.close()
