@@ -146,6 +146,7 @@ class Node:
         *,
         priority: int = 0,
         apply_to: str = "all",
+        store: bool = True,
     ) -> Policy:
         """Create or replace a policy; ValueError if RabbitMQ would refuse it.
         It applies at once to existing queues and exchanges."""
@@ -154,7 +155,7 @@ class Node:
             raise ValueError(f"vhost '{vhost}' not found")
         validate_policy(pattern, definition, priority, apply_to)
         policy = Policy(vhost, name, pattern, dict(definition), priority, apply_to)
-        target.set_policy(policy)
+        target.set_policy(policy, store=store)
         return policy
 
     def clear_policy(self, vhost: str, name: str) -> bool:
@@ -170,7 +171,9 @@ class Node:
         ]
 
     def load_config_policies(self) -> None:
-        """Policies from the configuration file's [[policies]] tables."""
+        """Policies from the configuration file's [[policies]] tables. They
+        are applied at every start and not stored, so that removing one from
+        the file removes it from the broker."""
         for item in self.config.policies:
             known = {"vhost", "name", "pattern", "definition", "priority", "apply-to"}
             unknown = set(item) - known
@@ -186,4 +189,5 @@ class Node:
             self.set_policy(
                 item.get("vhost", "/"), name, pattern, definition,
                 priority=item.get("priority", 0), apply_to=item.get("apply-to", "all"),
+                store=False,
             )  # fmt: skip

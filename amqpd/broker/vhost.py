@@ -413,9 +413,11 @@ class VHost:
                 best = policy
         return best
 
-    def set_policy(self, policy: Policy) -> None:
+    def set_policy(self, policy: Policy, *, store: bool = True) -> None:
         self.policies[policy.name] = policy
         self.apply_policies()
+        if not store:
+            return
         record = records.Policy(
             self.name, policy.name, policy.pattern, policy.definition,
             policy.priority, policy.apply_to,
