@@ -136,6 +136,12 @@ def collector_paused() -> Iterator[None]:
     (measured: about two thirds of the time of recovering a million
     messages). Reference counting still frees everything as usual. Other
     threads of the process run without the cyclic collector meanwhile.
+
+    At the end every tracked object of the process moves straight to the
+    oldest generation (freeze, then unfreeze), so that turning the collector
+    back on does not start with young collections over everything recovery
+    built (another 0.6 s for a million messages). Objects some other code
+    froze are left alone: then the move is skipped.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -143,6 +149,9 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

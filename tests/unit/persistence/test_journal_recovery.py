@@ -391,3 +391,15 @@ def test_recovered_journal_goes_on_without_keeping_message_records(
 
     assert ids(state) == [1, 3, 4, 5]
     assert [m.message.body for m in state.queues["q"]][-1] == b"body of message 5"
+
+
+@pytest.mark.usefixtures("collector_on")
+def test_recovery_leaves_objects_frozen_by_others_frozen(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 2))
+    gc.freeze()
+    try:
+        assert ids(recover(tmp_path)) == [1, 2]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert gc.isenabled()
