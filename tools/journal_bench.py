@@ -16,7 +16,8 @@ Group commit with batch fsync (the default options). Scenarios:
 
 ``codecs`` measures compress and decompress speed and the size ratio of
 zlib, zstd and lz4 on payloads like message bodies (docs/journal-compression.md
-has the numbers from one run).
+has the numbers from one run). It needs the ``lz4`` package, which amqpd
+itself does not use: ``pip install lz4``.
 
 Not a test: figures depend on the disk and on what else the machine runs.
 Every loop is bounded by a message count and a time limit.
@@ -33,6 +34,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -45,6 +47,7 @@ from amqpd.persistence.journal import (
     JournalError,
     JournalOptions,
     MessageRecord,
+    Record,
 )
 
 # a basic content header: class 60, body size, delivery-mode 2
@@ -133,7 +136,7 @@ class CodecResult:
 
 
 def codec_table() -> dict[str, tuple[Callable[[bytes], bytes], Callable[..., bytes]]]:
-    import lz4.block
+    import lz4.block  # type: ignore[import-untyped]
     import zstandard
 
     zstd1 = zstandard.ZstdCompressor(level=1)
@@ -147,7 +150,7 @@ def codec_table() -> dict[str, tuple[Callable[[bytes], bytes], Callable[..., byt
         return zlib.decompress(data)
 
     def lz4_out(data: bytes, size: int) -> bytes:
-        return lz4.block.decompress(data)
+        return bytes(lz4.block.decompress(data))
 
     return {
         "zlib 1": (lambda data: zlib.compress(data, 1), zlib_out),
@@ -159,7 +162,7 @@ def codec_table() -> dict[str, tuple[Callable[[bytes], bytes], Callable[..., byt
 
 def _best_rate(func: Callable[[], object], size: int, seconds: float) -> float:
     """MB/s of the fastest of several timed rounds of ``func``."""
-    rounds = []
+    rounds: list[float] = []
     deadline = time.perf_counter() + seconds
     loops = max(1, 2_000_000 // size)
     while time.perf_counter() < deadline or len(rounds) < 3:
@@ -186,10 +189,8 @@ def run_codecs(seconds: float) -> list[CodecResult]:
             packed = pack(data)
             assert unpack(packed, len(data)) == data
             size = len(data)
-            c_rate = _best_rate(lambda p=pack, d=data: p(d), size, seconds)
-            d_rate = _best_rate(
-                lambda u=unpack, z=packed, n=size: u(z, n), size, seconds
-            )
+            c_rate = _best_rate(partial(pack, data), size, seconds)
+            d_rate = _best_rate(partial(unpack, packed, size), size, seconds)
             result = CodecResult(name, codec, len(data), len(packed), c_rate, d_rate)
             print(result.row(), flush=True)
             results.append(result)
@@ -286,7 +287,7 @@ def append_cost(
     sent = 0
     deadline = time.perf_counter() + seconds
     while sent < limit and time.perf_counter() < deadline:
-        pairs = [
+        pairs: list[list[Record]] = [
             [
                 MessageRecord(mid, "orders", "new", HEADER, body),
                 EnqueueRecord(QUEUE, mid, mid),
