@@ -121,6 +121,10 @@ class ConnectionMachine:
     # output
 
     def write(self, data: bytes) -> None:
+        if self.held:
+            # behind a held reply: keep the order the client expects
+            self.held.append((0, 0, data))
+            return
         if not self.output:
             self._wake()
         self.output.append(data)
@@ -129,6 +133,9 @@ class ConnectionMachine:
             self.saturated = True
 
     def write_many(self, parts: Iterable[bytes]) -> None:
+        if self.held:
+            self.held.append((0, 0, b"".join(parts)))
+            return
         if not self.output:
             self._wake()
         output = self.output
@@ -160,6 +167,11 @@ class ConnectionMachine:
         self.held.append((ticket, lsn, data))
 
     def _journal_durable(self, error: Exception | None) -> None:
+        if error is not None:
+            # the change a held reply promises will never be stored
+            self.held.clear()
+            self.fail(InternalError(f"journal failed: {error}"))
+            return
         self.release_held()
 
     def release_held(self) -> None:
@@ -168,13 +180,15 @@ class ConnectionMachine:
         node = self.node
         store = node.message_store
         durable = store.journal.durable_lsn if store is not None else 0
+        released = []
         while held:
             ticket, lsn, data = held[0]
             if ticket > node.definitions_stored or (lsn and lsn > durable):
-                return
+                break
             held.popleft()
-            if self.state not in (CLOSED,):
-                self.write(data)
+            released.append(data)
+        if released and self.state != CLOSED:
+            self.write_many(released)
 
     def wake(self) -> None:
         """Ask the driver to take the output soon (confirms are pending)."""
@@ -594,6 +608,7 @@ class ConnectionMachine:
         """A hard error: close the connection with its reply code."""
         if self.state in (CLOSING_CONN, CLOSED):
             return
+        self.held.clear()  # replies held for storage no longer matter
         log.warning(
             "connection %s error: %s %s", self.name, exc.reply_code, exc.reply_text
         )

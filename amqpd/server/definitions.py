@@ -177,8 +177,8 @@ class DefinitionsWriter:
                 op = self._ops.popleft()
                 try:
                     await op(self.store)
-                except DefinitionsError as exc:
-                    log.error("could not store a definition change: %s", exc)
+                except Exception:  # a store error must not stop the broker
+                    log.exception("could not store a definition change")
                 self.stored += 1
                 self.on_stored(self.stored)
             self._idle.set()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pika
 import pytest
+from amqp_wire import RawClient, method_frame
+from pamqp import commands as spec
 
 
 @contextmanager
@@ -101,3 +103,19 @@ def test_delete_and_purge_answered_before_a_kill_stay_done(tmp_path: Path) -> No
             ch.queue_declare("gone.q", passive=True)
         assert info.value.reply_code == 404
         conn.close()
+
+
+def test_a_held_reply_is_not_overtaken_by_later_replies(tmp_path: Path) -> None:
+    with _broker(tmp_path / "data") as (_proc, port), RawClient(port) as client:
+        client.handshake()
+        client.open_channel(1)
+        for round_ in range(5):
+            # a durable declare (held until stored) and a qos in one write
+            client.send(
+                method_frame(
+                    1, spec.Queue.Declare(queue=f"order{round_}", durable=True)
+                ),
+                method_frame(1, spec.Basic.Qos(prefetch_count=round_ + 1)),
+            )
+            client.expect(spec.Queue.DeclareOk, 1)
+            client.expect(spec.Basic.QosOk, 1)
