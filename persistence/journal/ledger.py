@@ -47,6 +47,19 @@ A plain tuple on purpose: the collector untracks exact tuples of ints, not
 named tuples."""
 
 
+class Entries(dict[int, LiveEntry]):
+    """A queue's entries by message id.
+
+    A subclass, because the collector untracks a plain dict whose values it
+    untracked, and every new entry (a new tuple, tracked until the next
+    collection) would track it again as a young object: collections would
+    walk all of a long queue's entries over and over. A subclass stays
+    tracked and old, walked once per full collection.
+    """
+
+    __slots__ = ()
+
+
 def _by_sequence(item: tuple[int, LiveEntry]) -> int:
     return item[1][0]
 
@@ -174,7 +187,7 @@ class Ledger:
     ) -> None:
         entries = self.queues.get(queue)
         if entries is None:
-            entries = self.queues[queue] = {}
+            entries = self.queues[queue] = Entries()
         entries[message_id] = (sequence, expires, 0, slot, None)
         self.messages[message_id] += 1
         if slot is not None and self._table is not None:
@@ -211,7 +224,7 @@ class Ledger:
             return
         entries = self.queues.get(queue)
         if entries is None:
-            entries = self.queues[queue] = {}
+            entries = self.queues[queue] = Entries()
         elif message_id in entries:
             self._reject(strict, f"message {message_id} is already in {queue!r}")
             return
