@@ -12,18 +12,13 @@ message whose ENQUEUE is gone, and that is normal.
 
 With a SegmentTable, every applied record also takes and gives back holds
 on the slots of the records it keeps alive (see segment.py).
-
-The state is ints in dicts and tuples of ints, no object per message: the
-cyclic garbage collector untracks such tuples and dicts, so a backlog of a
-million messages adds nothing to the collections of a process that keeps
-allocating (measured on appends while a backlog grows: a fifth of their
-cost went to collections walking per-message objects).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from operator import attrgetter
+from typing import Any
 
 from .errors import RecordRejected
 from .records import (
@@ -38,49 +33,64 @@ from .records import (
 from .segment import SegmentTable
 from .state import QueuedMessage
 
-LiveEntry: TypeAlias = tuple[int, int, int, int | None, int | None]
-"""A message's place in one queue: sequence, expires_at_ms, delivery count,
-the slot of the record that put it there (creator) and the slot of its
-newest DELIVERY_COUNT record (None without a table or such a record).
 
-A plain tuple on purpose: the collector untracks exact tuples of ints, not
-named tuples."""
+class LiveMessage:
+    """A message some queue holds, or that no queue has taken yet.
 
-
-class Entries(dict[int, LiveEntry]):
-    """A queue's entries by message id.
-
-    A subclass, because the collector untracks a plain dict whose values it
-    untracked, and every new entry (a new tuple, tracked until the next
-    collection) would track it again as a young object: collections would
-    walk all of a long queue's entries over and over. A subclass stays
-    tracked and old, walked once per full collection.
+    ``record`` is None once the ledger no longer keeps records (see
+    ``Ledger.forget_records``).
     """
 
-    __slots__ = ()
+    __slots__ = ("message_id", "record", "refs", "slot")
+
+    def __init__(
+        self, message_id: int, record: MessageRecord | None, slot: int | None
+    ) -> None:
+        self.message_id = message_id
+        self.record = record
+        self.refs = 0
+        self.slot = slot
 
 
-def _by_sequence(item: tuple[int, LiveEntry]) -> int:
-    return item[1][0]
+class LiveEntry:
+    """A message's place in one queue."""
+
+    __slots__ = (
+        "count",
+        "count_slot",
+        "creator",
+        "expires_at_ms",
+        "message",
+        "sequence",
+    )
+
+    def __init__(
+        self, message: LiveMessage, sequence: int, expires: int, creator: int | None
+    ) -> None:
+        self.message = message
+        self.sequence = sequence
+        self.expires_at_ms = expires
+        self.count = 0
+        self.creator = creator
+        self.count_slot: int | None = None
+
+
+_by_sequence = attrgetter("sequence")
 
 
 class Ledger:
     """Live messages and the queue entries that hold them.
 
-    ``messages`` maps each live message id to the number of queue entries
-    that hold it; ``queues`` maps a queue to its entries by message id.
     Slots are those of ``table`` (segment.py); without a table, records are
     applied with no slot.
     """
 
     def __init__(self, table: SegmentTable | None = None) -> None:
-        self.messages: dict[int, int] = {}
+        self.messages: dict[int, LiveMessage] = {}
         self.queues: dict[str, dict[int, LiveEntry]] = {}
         self.max_message_id = 0
         self.ignored = 0
         self.keeps_records = True
-        self._records: dict[int, MessageRecord] = {}
-        self._slots: dict[int, int] = {}
         self._table = table
         self._appliers: dict[type[Any], Callable[[Any, int | None, bool], None]] = {
             MessageRecord: self._apply_message,
@@ -99,9 +109,9 @@ class Ledger:
 
     def drop_unreferenced(self) -> int:
         """Forget messages no queue took (end of recovery); return how many."""
-        lonely = [mid for mid, refs in self.messages.items() if refs == 0]
-        for message_id in lonely:
-            self._forget(message_id)
+        lonely = [msg for msg in self.messages.values() if msg.refs == 0]
+        for msg in lonely:
+            self._forget(msg)
         return len(lonely)
 
     def forget_records(self) -> None:
@@ -111,19 +121,22 @@ class Ledger:
         after that the broker holds the messages and the ledger only ids.
         """
         self.keeps_records = False
-        self._records = {}
+        for msg in self.messages.values():
+            msg.record = None
 
     def snapshot(self) -> dict[str, tuple[QueuedMessage, ...]]:
         """Every queue's live messages, ordered by sequence."""
         if not self.keeps_records:
             raise RuntimeError("this ledger no longer keeps message records")
-        records = self._records
         return {
             queue: tuple(
-                QueuedMessage(records[mid], sequence, count, expires)
-                for mid, (sequence, expires, count, _, _) in sorted(
-                    entries.items(), key=_by_sequence
+                QueuedMessage(
+                    e.message.record,  # type: ignore[arg-type]
+                    e.sequence,
+                    e.count,
+                    e.expires_at_ms,
                 )
+                for e in sorted(entries.values(), key=_by_sequence)
             )
             for queue, entries in self.queues.items()
         }
@@ -147,49 +160,44 @@ class Ledger:
             return
         self._add_message(record, slot)
 
-    def _add_message(self, record: MessageRecord, slot: int | None) -> int:
+    def _add_message(self, record: MessageRecord, slot: int | None) -> LiveMessage:
         message_id = record.message_id
-        self.messages[message_id] = 0
-        if self.keeps_records:
-            self._records[message_id] = record
+        msg = LiveMessage(message_id, record if self.keeps_records else None, slot)
+        self.messages[message_id] = msg
         if message_id > self.max_message_id:
             self.max_message_id = message_id
         if slot is not None and self._table is not None:
-            self._slots[message_id] = slot
             self._table.hold(slot)
-        return message_id
+        return msg
 
-    def _unref(self, message_id: int, strict: bool) -> None:
-        refs = self.messages[message_id] - 1
-        self.messages[message_id] = refs
+    def _unref(self, msg: LiveMessage, strict: bool) -> None:
+        msg.refs -= 1
         # Replay keeps a message no queue holds until drop_unreferenced at
         # the end: a later MOVE may still place it in a queue, when the
         # record that put it in the MOVE's source queue was compacted away.
-        if refs == 0 and strict:
-            self._forget(message_id)
+        if msg.refs == 0 and strict:
+            self._forget(msg)
 
-    def _forget(self, message_id: int) -> None:
-        del self.messages[message_id]
-        self._records.pop(message_id, None)
-        slot = self._slots.pop(message_id, None)
-        if slot is not None and self._table is not None:
-            self._table.release(slot)
+    def _forget(self, msg: LiveMessage) -> None:
+        del self.messages[msg.message_id]
+        if msg.slot is not None and self._table is not None:
+            self._table.release(msg.slot)
 
     # queue entries
 
     def _add_entry(
         self,
         queue: str,
-        message_id: int,
+        msg: LiveMessage,
         sequence: int,
         expires: int,
         slot: int | None,
     ) -> None:
         entries = self.queues.get(queue)
         if entries is None:
-            entries = self.queues[queue] = Entries()
-        entries[message_id] = (sequence, expires, 0, slot, None)
-        self.messages[message_id] += 1
+            entries = self.queues[queue] = {}
+        entries[msg.message_id] = LiveEntry(msg, sequence, expires, slot)
+        msg.refs += 1
         if slot is not None and self._table is not None:
             self._table.hold(slot)
 
@@ -202,14 +210,14 @@ class Ledger:
             del self.queues[queue]
         table = self._table
         if table is not None:
-            _, _, _, creator, count_slot = entry
-            if count_slot is not None:
-                table.release(count_slot)
+            if entry.count_slot is not None:
+                table.release(entry.count_slot)
+            creator = entry.creator
             if creator is not None:
                 table.release(creator)
                 if tomb is not None:
                     table.depend(creator, tomb)
-        self._unref(message_id, strict)
+        self._unref(entry.message, strict)
 
     # ENQUEUE, ACK, DELIVERY_COUNT, PURGE
 
@@ -218,18 +226,20 @@ class Ledger:
     ) -> None:
         # _add_entry inlined: one ENQUEUE per published message and queue
         message_id, queue = record.message_id, record.queue
-        refs = self.messages.get(message_id)
-        if refs is None:
+        msg = self.messages.get(message_id)
+        if msg is None:
             self._reject(strict, f"ENQUEUE of unknown message {message_id}")
             return
         entries = self.queues.get(queue)
         if entries is None:
-            entries = self.queues[queue] = Entries()
+            entries = self.queues[queue] = {}
         elif message_id in entries:
             self._reject(strict, f"message {message_id} is already in {queue!r}")
             return
-        entries[message_id] = (record.sequence, record.expires_at_ms, 0, slot, None)
-        self.messages[message_id] = refs + 1
+        entries[message_id] = LiveEntry(
+            msg, record.sequence, record.expires_at_ms, slot
+        )
+        msg.refs += 1
         if slot is not None and self._table is not None:
             self._table.hold(slot)
 
@@ -243,26 +253,19 @@ class Ledger:
     def _apply_count(
         self, record: DeliveryCountRecord, slot: int | None, strict: bool
     ) -> None:
-        message_id = record.message_id
-        entry = self._entry(record.queue, message_id)
+        entry = self._entry(record.queue, record.message_id)
         if entry is None:
-            reason = f"DELIVERY_COUNT: {message_id} is not in {record.queue!r}"
+            reason = f"DELIVERY_COUNT: {record.message_id} is not in {record.queue!r}"
             self._reject(strict, reason)
             return
-        sequence, expires, _, creator, count_slot = entry
+        entry.count = record.count
         table = self._table
-        if table is not None and slot is not None:
-            if count_slot is not None:
-                table.release(count_slot)
-            table.hold(slot)
-            count_slot = slot
-        self.queues[record.queue][message_id] = (
-            sequence,
-            expires,
-            record.count,
-            creator,
-            count_slot,
-        )
+        if table is None or slot is None:
+            return
+        if entry.count_slot is not None:
+            table.release(entry.count_slot)
+        table.hold(slot)
+        entry.count_slot = slot
 
     def _apply_purge(self, record: PurgeRecord, slot: int | None, strict: bool) -> None:
         entries = self.queues.get(record.queue)
@@ -275,30 +278,31 @@ class Ledger:
         if strict:
             self._check_move(record)
         new = record.message
-        moving: int | None = None
+        msg: LiveMessage | None
         if new is None:
-            if record.message_id in self.messages:
-                moving = record.message_id
+            msg = self.messages.get(record.message_id)
         elif new.message_id in self.messages:
             self.ignored += 1
+            msg = None
         else:
-            moving = self._add_message(new, slot)
-        if moving is not None:
-            self.messages[moving] += 1  # pinned, so leaving the source cannot forget it
+            msg = self._add_message(new, slot)
+        if msg is not None:
+            msg.refs += 1  # pinned, so leaving the source cannot forget it
         if self._entry(record.source, record.message_id) is not None:
             self._remove_entry(record.source, record.message_id, slot, strict)
         else:
             self.ignored += 1
-        if moving is None:
+        if msg is None:
             return
+        message_id = msg.message_id
         for target in record.targets:
-            if self._entry(target.queue, moving) is not None:
+            if self._entry(target.queue, message_id) is not None:
                 self.ignored += 1
                 continue
             self._add_entry(
-                target.queue, moving, target.sequence, target.expires_at_ms, slot
+                target.queue, msg, target.sequence, target.expires_at_ms, slot
             )
-        self._unref(moving, strict)
+        self._unref(msg, strict)
 
     def _check_move(self, record: MoveRecord) -> None:
         if self._entry(record.source, record.message_id) is None:
