@@ -15,6 +15,7 @@ import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
@@ -135,7 +136,8 @@ class ChannelMachine:
         self.confirmed_upto = 0
         self.nacks: list[int] = []
         # publish seqs of journaled messages whose fsync is pending
-        self.durable_waits: deque[int] = deque()
+        self.durable_waits: deque[tuple[int, int]] = deque()  # (seq, lsn)
+        self._watched_lsn = 0
         self.tx_lsn = 0  # the journal position a tx.commit-ok waits for
         # transactions: a list of deferred actions applied on commit
         self.tx: list[Callable[[], None]] | None = None
@@ -326,18 +328,31 @@ class ChannelMachine:
             if refused:
                 bisect.insort(self.nacks, self.publish_seq)
             if lsn:
-                # the confirm of a journaled message waits for its fsync
-                self.durable_waits.append(self.publish_seq)
-                store.journal.on_durable(lsn, self._on_durable)
+                # the confirm of a journaled message waits for its fsync;
+                # the connection asks the journal once per read (watch_durable)
+                self.durable_waits.append((self.publish_seq, lsn))
+                self.conn.durable_watch.add(self)
             self.conn.confirms_pending.add(self)
         elif lsn and self.tx is not None:
             self.tx_lsn = lsn
 
-    def _on_durable(self, error: Exception | None) -> None:
-        """The journal made the oldest waiting message durable (or failed)."""
-        seq = self.durable_waits.popleft()
-        if error is not None:
-            bisect.insort(self.nacks, seq)
+    def watch_durable(self) -> None:
+        """One journal callback for every confirm this read left waiting."""
+        store = self.vhost.store
+        if not self.durable_waits or store is None:
+            return
+        lsn = self.durable_waits[-1][1]
+        if lsn > self._watched_lsn:
+            self._watched_lsn = lsn
+            store.journal.on_durable(lsn, partial(self._on_durable, lsn))
+
+    def _on_durable(self, lsn: int, error: Exception | None) -> None:
+        """The journal made everything up to ``lsn`` durable (or failed)."""
+        waits = self.durable_waits
+        while waits and waits[0][1] <= lsn:
+            seq = waits.popleft()[0]
+            if error is not None:
+                bisect.insort(self.nacks, seq)
         if self.state == OPEN:
             # confirms of one fsync leave together, as one ack multiple,
             # when the driver next takes the output
@@ -438,7 +453,7 @@ class ChannelMachine:
         """Send the acks (and nacks) for everything published so far."""
         upto = self.publish_seq
         if self.durable_waits:
-            upto = self.durable_waits[0] - 1
+            upto = self.durable_waits[0][0] - 1
         if upto <= self.confirmed_upto:
             return
         start = self.confirmed_upto

@@ -105,6 +105,8 @@ class ConnectionMachine:
         self.channels: dict[int, ChannelMachine] = {}
         self.exclusive_queues: dict[str, Queue] = {}
         self.confirms_pending: set[ChannelMachine] = set()
+        # channels with confirms waiting for the journal (see watch_durable)
+        self.durable_watch: set[ChannelMachine] = set()
         # replies waiting for their changes to be stored: (definitions
         # ticket, journal lsn, frame bytes)
         self.held: deque[tuple[int, int, bytes]] = deque()
@@ -266,6 +268,10 @@ class ConnectionMachine:
         finally:
             if pos:
                 del buf[:pos]
+            if self.durable_watch:
+                for channel in self.durable_watch:
+                    channel.watch_durable()
+                self.durable_watch.clear()
             if self.confirms_pending:
                 self.flush_confirms()
 
