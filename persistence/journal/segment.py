@@ -11,7 +11,7 @@ slots' offsets, sizes and holds in arrays. Nothing per record is a Python
 object: a journal with a million queued messages would otherwise carry two
 million small objects that the cyclic garbage collector walks again and
 again (with slot objects, collections took over 40% of the cost of an
-append while a backlog grew to 400,000 messages) and 200 more bytes per
+append while a backlog grew to 400,000 messages) and about 110 more bytes per
 message.
 
 The reasons to keep a record:
