@@ -32,6 +32,7 @@ from amqpd.persistence.journal import (
     RecoveredState,
 )
 from amqpd.persistence.journal.keyring import keyring_from_specs
+from amqpd.persistence.journal.recovery import collector_paused
 from amqpd.server import definitions
 from amqpd.server.alarms import AlarmMonitor
 from amqpd.server.driver import ConnectionDriver
@@ -165,7 +166,10 @@ class Broker:
             except ValueError as exc:
                 raise StartupError(f"bad policy in configuration: {exc}") from None
             if self.node.message_store is not None:
-                count = self.node.message_store.restore(self.node, recovered)
+                # rebuilding a million queue entries: the collector would
+                # walk them again and again and free nothing
+                with collector_paused():
+                    count = self.node.message_store.restore(self.node, recovered)
                 log.info("recovered %d messages from the journal", count)
             await self._listen()
         except BaseException:
