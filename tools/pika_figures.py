@@ -90,11 +90,15 @@ def main() -> None:
     url, pid = sys.argv[1], int(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 200_000
     pub, e2e = throughput(url, n)
-    print(f"pika 1 publisher + 1 consumer, 16 B, manual ack: publish {pub:,.0f} msg/s, "
-          f"end to end {e2e:,.0f} msg/s ({n:,} messages)")
+    print(
+        f"pika 1 publisher + 1 consumer, 16 B, manual ack: publish {pub:,.0f} msg/s, "
+        f"end to end {e2e:,.0f} msg/s ({n:,} messages)"
+    )
     before, after = backlog_rss(url, pid)
-    print(f"broker RSS: {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with "
-          f"100,000 queued 16-byte messages ({(after - before) / 100_000:.0f} B/message)")
+    print(
+        f"broker RSS: {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with "
+        f"100,000 queued 16-byte messages ({(after - before) / 100_000:.0f} B/message)"
+    )
 
 
 if __name__ == "__main__":
