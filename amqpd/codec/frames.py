@@ -7,6 +7,7 @@ buffer in one pass; the builders produce the bytes of outgoing frames.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from pamqp import base as pamqp_base
@@ -116,3 +117,10 @@ def build_content(
                 piece = bytes(view[start : start + chunk])
                 parts += (pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END_BYTE)
     return parts
+
+
+@functools.lru_cache(maxsize=4096)
+def fixed_method(channel: int, method_class: type[pamqp_base.Frame]) -> bytes:
+    """The bytes of an argument-less method frame (open-ok, close-ok...),
+    built once per channel number: connection churn builds them a lot."""
+    return build_method(channel, method_class())

@@ -27,7 +27,7 @@ from amqpd.broker.policy import amqp_type_name
 from amqpd.broker.queue import Entry, Queue
 from amqpd.broker.vhost import Exchange
 from amqpd.codec import fastpath, properties, table
-from amqpd.codec.frames import build_content, build_method
+from amqpd.codec.frames import build_content, build_method, fixed_method
 from amqpd.errors import (
     AccessRefused,
     AMQPError,
@@ -623,7 +623,7 @@ class ChannelMachine:
 
     def _on_close(self, method: spec.Channel.Close) -> None:
         self.release()
-        self.send(spec.Channel.CloseOk())
+        self.conn.write(fixed_method(self.number, spec.Channel.CloseOk))
         self.conn.forget_channel(self.number)
 
     def _on_close_ok(self, method: spec.Channel.CloseOk) -> None:

@@ -9,6 +9,7 @@ connection only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from collections import deque
@@ -31,6 +32,7 @@ from amqpd.codec.frames import (
     FRAME_METHOD,
     PROTOCOL_HEADER,
     build_method,
+    fixed_method,
 )
 from amqpd.errors import (
     AMQPError,
@@ -74,6 +76,24 @@ CAPABILITIES = {
 _PUBLISH, _ACK = fastpath.BASIC_PUBLISH, fastpath.BASIC_ACK
 FRAME_HEAD_UNPACK = FRAME_HEAD.unpack_from
 _PUBLISH_ID = b"\x00\x3c\x00\x28"
+
+
+@functools.lru_cache(maxsize=8)
+def _start_frame(cluster_name: str) -> bytes:
+    """connection.start, the same for every connection of a node."""
+    return build_method(0, spec.Connection.Start(
+        version_major=0, version_minor=9,
+        server_properties={
+            "product": "amqpd",
+            "version": __version__,
+            "platform": f"Python {platform.python_version()}",
+            "copyright": "the amqpd authors",
+            "information": "Licensed under the Apache License 2.0",
+            "cluster_name": cluster_name,
+            "capabilities": dict(CAPABILITIES),
+        },
+        mechanisms=sasl.MECHANISMS, locales="en_US",
+    ))  # fmt: skip
 
 
 class ConnectionMachine:
@@ -414,7 +434,7 @@ class ConnectionMachine:
         if mid == spec.Channel.CloseOk.index:
             self.forget_channel(channel.number)
         elif mid == spec.Channel.Close.index:
-            self.write(build_method(channel.number, spec.Channel.CloseOk()))
+            self.write(fixed_method(channel.number, spec.Channel.CloseOk))
 
     def _on_unopened_channel(self, ftype: int, number: int, payload: bytes) -> None:
         if self.state != OPENED:
@@ -436,7 +456,7 @@ class ConnectionMachine:
                     10,
                 )
             self.channels[number] = ChannelMachine(self, number)
-            self.write(build_method(number, spec.Channel.OpenOk()))
+            self.write(fixed_method(number, spec.Channel.OpenOk))
         else:
             # a close-ok too: RabbitMQ forgets a channel once closed, as we do
             raise ChannelErrorHard(
@@ -475,12 +495,12 @@ class ConnectionMachine:
         if self.state == CLOSING_CONN:
             if isinstance(method, spec.Connection.CloseOk | spec.Connection.Close):
                 if isinstance(method, spec.Connection.Close):
-                    self.write(build_method(0, spec.Connection.CloseOk()))
+                    self.write(fixed_method(0, spec.Connection.CloseOk))
                 self._close_socket()
             return
         if isinstance(method, spec.Connection.Close):
             self.release()
-            self.write(build_method(0, spec.Connection.CloseOk()))
+            self.write(fixed_method(0, spec.Connection.CloseOk))
             self._close_socket()
             return
         expected: dict[str, type[Method]] = {
@@ -504,19 +524,7 @@ class ConnectionMachine:
 
     def _send_start(self) -> None:
         self.state = START_OK
-        self.write(build_method(0, spec.Connection.Start(
-            version_major=0, version_minor=9,
-            server_properties={
-                "product": "amqpd",
-                "version": __version__,
-                "platform": f"Python {platform.python_version()}",
-                "copyright": "the amqpd authors",
-                "information": "Licensed under the Apache License 2.0",
-                "cluster_name": self.node.cluster_name,
-                "capabilities": dict(CAPABILITIES),
-            },
-            mechanisms=sasl.MECHANISMS, locales="en_US",
-        )))  # fmt: skip
+        self.write(_start_frame(self.node.cluster_name))
 
     def _on_start_ok(self, m: spec.Connection.StartOk) -> None:
         props = dict(m.client_properties or {})
@@ -596,7 +604,7 @@ class ConnectionMachine:
             raise NotAllowed(f"vhost '{m.virtual_host}' not found", 10, 40)
         self.vhost = vhost
         self.state = OPENED
-        self.write(build_method(0, spec.Connection.OpenOk()))
+        self.write(fixed_method(0, spec.Connection.OpenOk))
         access_log.info(
             "connection %s opened: user '%s' vhost '%s'",
             self.name,

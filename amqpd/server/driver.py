@@ -26,6 +26,7 @@ log = logging.getLogger("amqpd.connection")
 READ_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 3.0
+TICK = 0.25  # seconds between the broker clock's looks at every connection
 _STREAM_GONE = (
     anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
     ConnectionError, OSError,
@@ -52,6 +53,7 @@ class ConnectionDriver:
         self.stream = stream
         self.alarms = alarms
         self.paused = False  # not reading: heartbeat checks are suspended
+        self.closing_since = 0.0
         self._output_ready = anyio.Event()
         self._drained = anyio.Event()
         self.conn = ConnectionMachine(node, _peer(stream), self._wake)
@@ -67,7 +69,6 @@ class ConnectionDriver:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._write_loop)
-                tg.start_soon(self._clock_loop)
                 await self._read_loop()
                 tg.cancel_scope.cancel()
         finally:
@@ -128,36 +129,32 @@ class ConnectionDriver:
                 self._cancel()
                 return
 
-    async def _clock_loop(self) -> None:
+    def tick(self, now: float) -> None:
+        """The broker's clock, a few times a second: heartbeats, the
+        handshake deadline and the close deadline (one timer task for all
+        connections rather than one per connection)."""
         conn = self.conn
-        closing_since = 0.0
-        while True:
-            interval = conn.heartbeat if conn.state == OPENED else 0
-            await anyio.sleep(min(1.0, interval / 2) if interval else 0.5)
-            now = time.monotonic()
-            if conn.state == CLOSING_CONN:
-                closing_since = closing_since or now
-                if now - closing_since > CLOSE_TIMEOUT:
-                    self._cancel()
-                    return
-                continue
-            if conn.state != OPENED:
-                if now - self.started > HANDSHAKE_TIMEOUT:
-                    log.warning("connection %s: handshake timeout", conn.name)
-                    self._cancel()
-                    return
-                continue
-            if not interval:
-                continue
-            if not self.paused and now - self.last_received > 2 * interval:
-                log.warning(
-                    "missed heartbeats from client %s, timeout: %ds",
-                    conn.name, interval,
-                )  # fmt: skip
+        if conn.state == CLOSING_CONN:
+            self.closing_since = self.closing_since or now
+            if now - self.closing_since > CLOSE_TIMEOUT:
                 self._cancel()
-                return
-            if now - self.last_sent >= interval / 2 and not conn.output:
-                conn.write(HEARTBEAT_FRAME)
+            return
+        if conn.state != OPENED:
+            if now - self.started > HANDSHAKE_TIMEOUT:
+                log.warning("connection %s: handshake timeout", conn.name)
+                self._cancel()
+            return
+        interval = conn.heartbeat
+        if not interval:
+            return
+        if not self.paused and now - self.last_received > 2 * interval:
+            log.warning(
+                "missed heartbeats from client %s, timeout: %ds", conn.name, interval
+            )
+            self._cancel()
+            return
+        if now - self.last_sent >= interval / 2 and not conn.output:
+            conn.write(HEARTBEAT_FRAME)
 
     def _cancel(self) -> None:
         if self._tg is not None:

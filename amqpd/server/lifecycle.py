@@ -35,7 +35,7 @@ from amqpd.persistence.journal.keyring import keyring_from_specs
 from amqpd.persistence.journal.recovery import collector_paused
 from amqpd.server import definitions
 from amqpd.server.alarms import AlarmMonitor
-from amqpd.server.driver import ConnectionDriver
+from amqpd.server.driver import TICK, ConnectionDriver
 
 log = logging.getLogger("amqpd.server")
 
@@ -180,6 +180,7 @@ class Broker:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self.alarms.run)
+        self._tg.start_soon(self._clock)
         if self.journal is not None:
             await self._tg.start(self._run_journal, self.journal)
         if self.definitions is not None:
@@ -252,6 +253,15 @@ class Broker:
                 self.addresses.append(_format_address(sock))
                 port = port or sock.getsockname()[1]
         self.port = port
+
+    async def _clock(self) -> None:
+        """Heartbeats and deadlines of every connection (driver.tick)."""
+        while True:
+            await anyio.sleep(TICK)
+            now = time.monotonic()
+            for driver in list(self.node.connections):
+                if isinstance(driver, ConnectionDriver):
+                    driver.tick(now)
 
     async def _accept(self, listener: SocketListener) -> None:
         last_error = 0.0
