@@ -337,14 +337,8 @@ class ConnectionMachine:
             channel.publish_whole(
                 bytes(buf[pos + 7 : stop]), bytes(buf[head + 7 : hstop]), body
             )
-        except AMQPError as exc:
-            if exc.hard:
-                self._fail(exc)
-            else:
-                self._close_channel(channel, exc)
-        except Exception:
-            log.exception("internal error on connection %s", self.name)
-            self._fail(InternalError("internal error"))
+        except Exception as exc:
+            self._answer(channel, exc)
         return after
 
     def _first_publish(self) -> None:
@@ -389,14 +383,20 @@ class ConnectionMachine:
                 self._on_channel_zero(ftype, payload)
             else:
                 self._on_unopened_channel(ftype, number, payload)
-        except AMQPError as exc:
-            if exc.hard or channel is None:
-                self._fail(exc)
-            else:
-                self._close_channel(channel, exc)
-        except Exception:
-            log.exception("internal error on connection %s", self.name)
+        except Exception as exc:
+            self._answer(channel, exc)
+
+    def _answer(self, channel: ChannelMachine | None, exc: Exception) -> None:
+        """The protocol's answer to an error raised by a frame: a soft error
+        closes its channel, a hard one the connection, and a bug of ours is
+        541 for this connection only (called from an except block)."""
+        if not isinstance(exc, AMQPError):
+            log.error("internal error on connection %s", self.name, exc_info=exc)
             self._fail(InternalError("internal error"))
+        elif exc.hard or channel is None:
+            self._fail(exc)
+        else:
+            self._close_channel(channel, exc)
 
     def _decode(self, payload: bytes) -> Method:
         try:
