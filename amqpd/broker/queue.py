@@ -308,8 +308,15 @@ class Queue:
         consumer priority first, round-robin within a priority."""
         ready = self.ready
         expiring = bool(self._heap)
-        if not expiring and not self.single_active and len(self._groups) == 1:
-            self._dispatch_round_robin(self._groups[0])
+        groups = self._groups
+        if (
+            not expiring
+            and not self.single_active
+            and len(groups) == 1
+            and len(groups[0]) == 1
+            and len(ready) > 1
+        ):
+            self._dispatch_batches(groups[0][0])
             return
         now = self.scheduler.clock() if expiring else 0.0
         while ready and self.consumers:
@@ -323,28 +330,6 @@ class Queue:
                 deadletter.dead_letter(self, [entry], deadletter.EXPIRED)
                 continue
             self._deliver(consumer, entry)
-
-    def _dispatch_round_robin(self, group: deque[Consumer]) -> None:
-        """dispatch() for one consumer priority, no expiry, no single
-        active consumer: the hot path, with the checks inlined."""
-        ready = self.ready
-        if len(group) == 1 and len(ready) > 1:
-            self._dispatch_batches(group[0])
-            return
-        while ready:
-            for _ in range(len(group)):
-                consumer = group[0]
-                group.rotate(-1)
-                if consumer.can_take():
-                    break
-            else:
-                return
-            entry = ready.popleft()
-            self.ready_bytes -= entry.size
-            self._hand_out(entry, consumer.no_ack)
-            consumer.channel.deliver(consumer, entry, self)
-            if not group:
-                return  # the delivery cancelled the consumer
 
     def _dispatch_batches(self, consumer: Consumer) -> None:
         """One consumer: hand it as many messages as its prefetch allows,
