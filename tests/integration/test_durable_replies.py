@@ -3,11 +3,7 @@ kill -9 right after the reply keeps it."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,44 +13,22 @@ import pytest
 from amqp_wire import RawClient, method_frame
 from pamqp import commands as spec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from crashloop import BrokerProcess, abandon, connect
+
 
 @contextmanager
-def _broker(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amqpd", "--bind", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data_dir)],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stderr is not None
+def _broker(data_dir: Path) -> Iterator[tuple[BrokerProcess, int]]:
+    broker = BrokerProcess(data_dir)
     try:
-        deadline = time.monotonic() + 20
-        port = 0
-        while time.monotonic() < deadline and not port:
-            line = proc.stderr.readline()
-            if "amqpd ready: listening on 127.0.0.1:" in line:
-                port = int(line.rsplit(":", 1)[1])
-            elif not line and proc.poll() is not None:
-                break
-        assert port, "broker did not start"
-        yield proc, port
+        yield broker, broker.wait_ready()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
+        broker.kill()
 
 
-def _connect(port: int) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-
-
-def _kill(proc: subprocess.Popen[str], conn: pika.BlockingConnection) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    try:  # the client notices the lost connection and closes its socket
-        conn.process_data_events(time_limit=0.5)
-    except pika.exceptions.AMQPError:
-        pass
+def _kill(broker: BrokerProcess, conn: pika.BlockingConnection) -> None:
+    broker.kill()
+    abandon(conn)  # the client notices the lost connection, frees its socket
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -63,14 +37,14 @@ def test_declarations_answered_before_a_kill_survive_it(
 ) -> None:
     data = tmp_path / "data"
     with _broker(data) as (proc, port):
-        conn = _connect(port)
+        conn = connect(port)
         ch = conn.channel()
         ch.exchange_declare("dk.x", "direct", durable=True)
         ch.queue_declare("dk.q", durable=True, arguments={"x-max-priority": 5})
         ch.queue_bind("dk.q", "dk.x", "key")
         _kill(proc, conn)  # no pause: the replies above must already be stored
     with _broker(data) as (proc, port):
-        conn = _connect(port)
+        conn = connect(port)
         ch = conn.channel()
         ch.exchange_declare("dk.x", "direct", durable=True, passive=True)
         # the same arguments: a queue restored without them would be 406
@@ -85,7 +59,7 @@ def test_delete_and_purge_answered_before_a_kill_stay_done(tmp_path: Path) -> No
     data = tmp_path / "data"
     persistent = pika.BasicProperties(delivery_mode=2)
     with _broker(data) as (proc, port):
-        conn = _connect(port)
+        conn = connect(port)
         ch = conn.channel()
         ch.confirm_delivery()
         for name in ("gone.q", "purged.q"):
@@ -96,7 +70,7 @@ def test_delete_and_purge_answered_before_a_kill_stay_done(tmp_path: Path) -> No
         assert ch.queue_purge("purged.q").method.message_count == 100
         _kill(proc, conn)
     with _broker(data) as (proc, port):
-        conn = _connect(port)
+        conn = connect(port)
         ch = conn.channel()
         assert ch.queue_declare("purged.q", passive=True).method.message_count == 0
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
