@@ -134,6 +134,30 @@ def check_name(name: str, what: str) -> None:
         raise PreconditionFailed(f"{what} name longer than 255 bytes")
 
 
+# The rules below are also applied to a definitions file before it is
+# imported (persistence/definitions/validation.py), so they take names only.
+
+
+def check_queue_name(name: str) -> None:
+    """403 for a queue name that is the broker's to give (amq.*)."""
+    if name.startswith("amq."):
+        raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+
+
+def exchange_type(type_name: str) -> type[exchanges.ExchangeType]:
+    """The exchange type of that name; 503 for a name none is registered as."""
+    try:
+        return exchanges.get(type_name)
+    except KeyError:
+        raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
+
+
+def check_bindable(source: str, destination: str, to_exchange: bool) -> None:
+    """403 for a binding from the default exchange, or to it."""
+    if source == "" or (to_exchange and destination == ""):
+        raise AccessRefused("operation not permitted on the default exchange")
+
+
 class VHost:
     """Exchanges, queues and bindings of one virtual host."""
 
@@ -200,10 +224,7 @@ class VHost:
                 existing, type_name, durable, auto_delete, internal, arguments
             )
             return existing
-        try:
-            exchanges.get(type_name)
-        except KeyError:
-            raise CommandInvalid(f"unknown exchange type '{type_name}'") from None
+        exchange_type(type_name)
         exchange = Exchange(
             self, name, type_name, durable=durable, auto_delete=auto_delete,
             internal=internal, arguments=arguments,
@@ -315,8 +336,8 @@ class VHost:
             return queue
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
-        elif name.startswith("amq."):
-            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        else:
+            check_queue_name(name)
         existing = self.queues.get(name)
         if existing is not None:
             # strict, as RabbitMQ: the declaration's exclusive flag must
@@ -507,10 +528,8 @@ class VHost:
     def _bindable_source(
         self, source_name: str, destination: Queue | Exchange
     ) -> Exchange:
-        if source_name == "" or (
-            isinstance(destination, Exchange) and destination.name == ""
-        ):
-            raise AccessRefused("operation not permitted on the default exchange")
+        to_exchange = isinstance(destination, Exchange)
+        check_bindable(source_name, destination.name, to_exchange)
         return self.get_exchange(source_name)
 
     # routing
