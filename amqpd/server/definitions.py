@@ -28,11 +28,13 @@ from amqpd.errors import AMQPError
 from amqpd.persistence.definitions import (
     DefinitionsError,
     DefinitionsStore,
-    import_json,
-    parse_json,
     sqlite_url,
     thaw,
     thaw_table,
+)
+from amqpd.persistence.definitions.validation import (
+    DefinitionsRefused,
+    import_checked,
 )
 
 if TYPE_CHECKING:
@@ -47,13 +49,16 @@ def store_url(configured: str | None, data_dir: Path) -> str:
 
 async def load_file(store: DefinitionsStore, path: Path) -> None:
     """Merge a RabbitMQ definitions file into the store (config
-    ``load_definitions``); it adds and replaces, it deletes nothing."""
+    ``load_definitions``); it adds and replaces, it deletes nothing. A file
+    with an entry the broker would refuse is refused whole, store untouched."""
     try:
         document = json.loads(await anyio.Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise DefinitionsError(f"cannot read definitions file {path}: {exc}") from None
-    parse_json(document)  # refuse a bad file before touching the store
-    await import_json(store, document)
+    try:
+        await import_checked(store, document)
+    except DefinitionsRefused as exc:
+        raise DefinitionsError(f"definitions file {path} refused: {exc}") from None
 
 
 async def restore(node: Node, store: DefinitionsStore) -> None:
@@ -130,7 +135,8 @@ async def restore(node: Node, store: DefinitionsStore) -> None:
 
 @contextmanager
 def _skipping(kind: str, vhost: str, name: str) -> Iterator[None]:
-    """A stored entity the broker refuses now is logged and left out."""
+    """A stored entity the broker refuses now is logged and left out (imports
+    are checked first, but a store may predate that or a rule's change)."""
     try:
         yield
     except (AMQPError, ValueError, KeyError) as exc:

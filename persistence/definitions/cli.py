@@ -6,7 +6,9 @@ touch a running broker's data and a broker cannot start under them.
 
     export  writes the store as a RabbitMQ definitions file ("-": stdout)
     import  merges a RabbitMQ definitions file into the store ("-": stdin);
-            the data directory is created if it does not exist yet
+            the data directory is created if it does not exist yet. A file
+            with an entry the broker would refuse (validation.py) is
+            refused whole, one line per entry, and nothing is stored.
 
 --url names a store other than the data directory's SQLite file (the lock
 is still taken in the data directory).
@@ -26,14 +28,15 @@ from typing import Any
 
 import anyio
 
-from .model import KINDS
-from .rabbitmq_json import ImportSummary, export_json, import_json, parse_json
+from .model import KINDS, Definitions
+from .rabbitmq_json import ImportSummary, export_json, parse_json
 from .store import (
     DEFINITIONS_FILE_NAME,
     DefinitionsError,
     DefinitionsStore,
     sqlite_url,
 )
+from .validation import DefinitionsRefused, import_checked, refuse_invalid
 
 LOCK_FILE_NAME = "amqpd.lock"
 
@@ -84,6 +87,16 @@ def main(argv: list[str]) -> int:
             _export(args.file, args.data_dir, args.url)
         else:
             _import(args.file, args.data_dir, args.url)
+    except DefinitionsRefused as refused:
+        for problem in refused.problems:
+            print(f"amqpd definitions import: {problem}", file=sys.stderr)
+        count = len(refused.problems)
+        entries = "entry" if count == 1 else "entries"
+        print(
+            f"amqpd definitions import: {count} {entries} refused, nothing imported",
+            file=sys.stderr,
+        )
+        return 1
     except (BrokerRunning, DefinitionsError, OSError, ValueError) as error:
         print(f"amqpd definitions {args.command}: {error}", file=sys.stderr)
         return 1
@@ -117,7 +130,11 @@ def _import(file: str, data_dir: Path, url: str | None) -> None:
     else:
         with open(file, encoding="utf-8") as stream:
             document = json.load(stream)
-    parse_json(document)  # refuse a bad file before touching the data dir
+    # refuse a bad file before touching the data dir; the entries the
+    # broker refuses can be told only against the store, if there is one
+    definitions = parse_json(document).definitions
+    if url is None and not (data_dir / DEFINITIONS_FILE_NAME).exists():
+        refuse_invalid(definitions, Definitions())
     data_dir.mkdir(parents=True, exist_ok=True)
     with data_dir_lock(data_dir):
         summary = anyio.run(_merge_document, url or sqlite_url(data_dir), document)
@@ -132,4 +149,4 @@ def _import(file: str, data_dir: Path, url: str | None) -> None:
 
 async def _merge_document(url: str, document: dict[str, Any]) -> ImportSummary:
     async with DefinitionsStore.open(url) as store:
-        return await import_json(store, document)
+        return await import_checked(store, document)

@@ -3,6 +3,8 @@
 Both work on a stopped broker only: a running broker holds DATA/amqpd.lock
 and they exit 1 saying so. A file exported from one data directory and
 imported into a fresh one gives a broker there the same topology and users.
+A file with entries the broker would refuse is refused whole, and so is the
+start of a broker whose ``load_definitions`` file has any.
 """
 
 from __future__ import annotations
@@ -220,3 +222,192 @@ def test_export_of_a_data_dir_without_definitions_exits_1(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "holds no definitions.sqlite3" in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+# entries the broker would refuse, refused at import -----------------------
+
+REFUSED_QUEUES: dict[str, dict[str, Any]] = {
+    "bad.priority": {"arguments": {"x-max-priority": 300}},
+    "bad.stream": {"arguments": {"x-queue-type": "stream"}},
+    "bad.ttl": {"arguments": {"x-message-ttl": -5}},
+    "bad.overflow": {"arguments": {"x-overflow": "bogus"}},
+    "bad.quorum": {"auto_delete": True, "arguments": {"x-queue-type": "quorum"}},
+}
+
+
+def with_refused_entries(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` plus one entry of each kind that the broker refuses."""
+    queues = [
+        {"name": name, "vhost": "/", "durable": True, "auto_delete": False, **fields}
+        for name, fields in REFUSED_QUEUES.items()
+    ]
+    return {
+        **document,
+        "queues": document["queues"] + queues,
+        "exchanges": document["exchanges"] + [{
+            "name": "bad.type", "vhost": "/", "type": "x-consistent-hash",
+            "durable": True, "auto_delete": False, "internal": False,
+            "arguments": {},
+        }],
+        "bindings": document["bindings"] + [{
+            "source": "defs.topic", "vhost": "/", "destination": "no.such.queue",
+            "destination_type": "queue", "routing_key": "k", "arguments": {},
+        }],
+        "policies": document["policies"] + [
+            {"vhost": "/", "name": "bad-pattern", "pattern": "[",
+             "apply-to": "all", "definition": {"max-length": 1}, "priority": 0},
+            {"vhost": "/", "name": "ha", "pattern": ".*", "apply-to": "all",
+             "definition": {"ha-mode": "all"}, "priority": 0},
+        ],
+    }  # fmt: skip
+
+
+REFUSED_LINES = [
+    "policy 'bad-pattern' in vhost '/': invalid pattern '[': unterminated "
+    "character set at position 0",
+    "policy 'ha' in vhost '/': unknown policy key 'ha-mode'",
+    "exchange 'bad.type' in vhost '/': unknown exchange type 'x-consistent-hash'",
+    "queue 'bad.overflow' in vhost '/': invalid arg 'x-overflow': "
+    "{unknown_value,'bogus'}",
+    "queue 'bad.priority' in vhost '/': invalid arg 'x-max-priority': "
+    "{value_out_of_range,300,1,255}",
+    "queue 'bad.quorum' in vhost '/': invalid property 'auto-delete'",
+    "queue 'bad.stream' in vhost '/': invalid arg 'x-queue-type': stream queues "
+    "are not supported by this broker yet; declare a classic or quorum queue",
+    "queue 'bad.ttl' in vhost '/': invalid arg 'x-message-ttl': {value_too_small,-5,0}",
+    "binding from exchange 'defs.topic' to queue 'no.such.queue' with routing "
+    "key 'k' in vhost '/': no queue 'no.such.queue' in the file or the store",
+]
+
+
+def test_import_refuses_the_whole_file_naming_each_entry_the_broker_refuses(
+    source: Path, tmp_path: Path
+) -> None:
+    before = export(source, tmp_path / "before.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(with_refused_entries(before)))
+
+    done = definitions("import", str(bad), "--data-dir", str(source))
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"amqpd definitions import: {line}" for line in REFUSED_LINES
+    ] + ["amqpd definitions import: 9 entries refused, nothing imported"]
+    assert export(source, tmp_path / "after.json") == before
+
+
+def test_a_refused_import_into_a_fresh_data_dir_creates_nothing(
+    source: Path, tmp_path: Path
+) -> None:
+    document = export(source, tmp_path / "defs.json")
+    document["queues"].append({
+        "name": "q1", "vhost": "/", "durable": True, "auto_delete": False,
+        "arguments": {"x-max-priority": 0},
+    })  # fmt: skip
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(document))
+    target = tmp_path / "fresh"
+
+    done = definitions("import", str(bad), "--data-dir", str(target))
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "amqpd definitions import: queue 'q1' in vhost '/': invalid arg "
+        "'x-max-priority': {value_out_of_range,0,1,255}",
+        "amqpd definitions import: 1 entry refused, nothing imported",
+    ]
+    assert not target.exists()
+
+
+# Shaped like `rabbitmqctl export_definitions` of RabbitMQ 3.13.
+RABBITMQ_EXPORT: dict[str, Any] = {
+    "rabbit_version": "3.13.7",
+    "rabbitmq_version": "3.13.7",
+    "product_name": "RabbitMQ",
+    "product_version": "3.13.7",
+    "users": [{
+        # RabbitMQ's salted SHA-256 of "guest"
+        "name": "guest",
+        "password_hash": "YQxYCLyS5/5f8lS8QdCWVDrgzTu9lbVOkhc/AkEeRWeoeSxH",
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": ["administrator"], "limits": {},
+    }],
+    "vhosts": [{
+        "name": "/", "description": "Default virtual host", "tags": [],
+        "default_queue_type": "classic",
+        "metadata": {"description": "Default virtual host", "tags": [],
+                     "default_queue_type": "classic"},
+    }],
+    "permissions": [{
+        "user": "guest", "vhost": "/", "configure": ".*", "write": ".*",
+        "read": ".*",
+    }],
+    "topic_permissions": [],
+    "parameters": [],
+    "global_parameters": [{"name": "cluster_name", "value": "rabbit@host"}],
+    "policies": [{
+        "vhost": "/", "name": "cap", "pattern": "^orders$", "apply-to": "queues",
+        "definition": {"max-length": 2, "overflow": "reject-publish"},
+        "priority": 0,
+    }],
+    "queues": [
+        {"name": "orders", "vhost": "/", "durable": True, "auto_delete": False,
+         "arguments": {"x-queue-type": "quorum"}, "type": "quorum"},
+        {"name": "urgent", "vhost": "/", "durable": True, "auto_delete": False,
+         "arguments": {"x-max-priority": 10, "x-queue-type": "classic"}},
+    ],
+    "exchanges": [
+        {"name": "shop", "vhost": "/", "type": "topic", "durable": True,
+         "auto_delete": False, "internal": False, "arguments": {}},
+        {"name": "amq.rabbitmq.trace", "vhost": "/", "type": "topic",
+         "durable": True, "auto_delete": False, "internal": True,
+         "arguments": {}},
+    ],
+    "bindings": [
+        {"source": "shop", "vhost": "/", "destination": "orders",
+         "destination_type": "queue", "routing_key": "order.#", "arguments": {}},
+        {"source": "amq.topic", "vhost": "/", "destination": "urgent",
+         "destination_type": "queue", "routing_key": "urgent", "arguments": {}},
+    ],
+}  # fmt: skip
+
+
+def test_a_rabbitmq_export_imports_and_the_broker_serves_it(
+    tmp_path: Path,
+) -> None:
+    exported = tmp_path / "rabbit.json"
+    exported.write_text(json.dumps(RABBITMQ_EXPORT))
+    target = tmp_path / "target"
+
+    done = definitions("import", str(exported), "--data-dir", str(target))
+
+    assert done.returncode == 0, done.stderr
+    assert "skipped exchange 'amq.rabbitmq.trace'" in done.stderr
+    with BrokerThread(data_dir=target) as broker, channel(broker) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("shop", "order.new", b"o1")
+        ch.basic_publish("amq.topic", "urgent", b"u1")
+        orders = ch.queue_declare("orders", passive=True).method
+        urgent = ch.queue_declare("urgent", passive=True).method
+    assert (orders.message_count, urgent.message_count) == (1, 1)
+
+
+def test_start_with_a_refused_load_definitions_file_exits_1_changing_nothing(
+    source: Path, tmp_path: Path
+) -> None:
+    before = export(source, tmp_path / "before.json")
+    bad = tmp_path / "load.json"
+    bad.write_text(json.dumps(with_refused_entries(before)))
+    config = tmp_path / "amqpd.toml"
+    config.write_text(f"load_definitions = {json.dumps(str(bad))}\n")
+    argv = [sys.executable, "-m", "amqpd", "--port", "0", "--bind", "127.0.0.1",
+            "--data-dir", str(source), "--config", str(config)]  # fmt: skip
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"amqpd: definitions store: definitions file {bad} refused: "
+        + "; ".join(REFUSED_LINES)
+    )
+    assert export(source, tmp_path / "after.json") == before
