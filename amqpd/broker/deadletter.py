@@ -163,7 +163,10 @@ def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
         elif targets and vhost.store is not None and copy.persistent:
             vhost.store.publish(copy, targets)
         if targets and vhost.pager is not None:
-            vhost.pager.admit(copy)
+            journaled_at = None
+            if copy.journal_id and all(t.journaled for t in targets):
+                journaled_at = vhost.store.journal.appended_lsn  # type: ignore[union-attr]
+            vhost.pager.admit(copy, journaled_at)
         for target in targets:
             target.publish(copy)
 

@@ -9,6 +9,10 @@ from amqpd.codec import properties
 if TYPE_CHECKING:
     from amqpd.broker.paging import Pager
 
+JOURNAL_PAGE = 0
+"""``Message.page[0]`` for a body read back from the journal (scratch file
+segments are numbered from 1); ``page[1]`` is then the journal's handle."""
+
 
 class Message:
     """One published message, shared by every queue it was routed to.
@@ -41,6 +45,8 @@ class Message:
         self.body = body
         self.size = len(body) if body is not None else size
         self.spans = spans
+        # where a paged-out body is: (scratch segment, offset) or
+        # (JOURNAL_PAGE, journal handle); None while the body is in memory
         self.page: tuple[int, int] | None = None
         self.counted = False  # in the pager's accounting
         self.pager: Pager | None = None
@@ -50,7 +56,8 @@ class Message:
         self.journal_id = 0
 
     def content(self) -> bytes:
-        """The body, read back from the scratch file if it is paged out."""
+        """The body, read back from the scratch file or the journal if it is
+        paged out."""
         body = self.body
         if body is not None:
             return body
@@ -60,13 +67,19 @@ class Message:
     def derive(
         self, exchange: str, routing_key: str, ex_rk: bytes, header: bytes
     ) -> Message:
-        """A copy with other routing data or header, sharing the body (paged
-        or not)."""
+        """A copy with other routing data or header (a new message, such as a
+        dead-lettered one). It shares a body in memory or in the scratch
+        file; a body paged to the journal is read back, since the copy
+        outlives the original's journal record."""
+        body = self.body
+        page = self.page
+        if page is not None and page[0] == JOURNAL_PAGE:
+            body = self.content()
         copy = Message(
-            exchange, routing_key, ex_rk, header, self.body,
+            exchange, routing_key, ex_rk, header, body,
             properties.scan(header), self.size,
         )  # fmt: skip
-        if self.page is not None and self.pager is not None:
+        if body is None and self.pager is not None:
             self.pager.share(copy, self)
         return copy
 
@@ -88,10 +101,17 @@ class Message:
         return bool(properties.get(self.header, self.spans, "delivery_mode") == 2)
 
     def replace(self, changes: dict[str, bytes | None]) -> Message:
-        """A copy with some properties replaced, the others kept byte for byte."""
+        """The same message with some properties replaced, the others kept
+        byte for byte: it keeps the journal id, and shares a paged body
+        wherever it is."""
         header = properties.rebuild(self.header, self.spans, changes)
-        copy = self.derive(self.exchange, self.routing_key, self.ex_rk, header)
+        copy = Message(
+            self.exchange, self.routing_key, self.ex_rk, header, self.body,
+            properties.scan(header), self.size,
+        )  # fmt: skip
         copy.journal_id = self.journal_id
+        if self.page is not None and self.pager is not None:
+            self.pager.share(copy, self)
         return copy
 
     def __repr__(self) -> str:

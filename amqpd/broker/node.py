@@ -50,12 +50,16 @@ class Node:
         self.message_store = store
         for vhost in self.vhosts.values():
             vhost.store = store
+        if self.pager is not None:
+            self.pager.journal = store.journal if store is not None else None
 
     def set_pager(self, pager: Pager | None) -> None:
         """Account message bodies in memory and page them out past the budget."""
         self.pager = pager
         for vhost in self.vhosts.values():
             vhost.pager = pager
+        if pager is not None and self.message_store is not None:
+            pager.journal = self.message_store.journal
 
     def _persist(self, op: PersistOp) -> None:
         if self.persist is not None:

@@ -1,20 +1,26 @@
 """A broker-wide budget for message bodies held in memory.
 
 Every message routed to a queue is counted while any queue holds it. Once
-the bodies held in memory would pass the budget, new arrivals are written to
-a scratch file instead and only their index stays in memory (the queue's
-entry, the message's routing data and content header); a body is read back
-when it is delivered, and not kept. Messages at the tail of a queue are the
-last to be delivered, so paging new arrivals keeps what is about to go out
-in memory.
+the bodies held in memory would pass the budget, new arrivals give up their
+body and only their index stays in memory (the queue's entry, the message's
+routing data and content header); a body is read back when it is delivered,
+and not kept. Messages at the tail of a queue are the last to be delivered,
+so paging new arrivals keeps what is about to go out in memory.
 
-Scratch files live in DATA/scratch, in segments deleted once no message in
-them is live; the directory is emptied at every start, since messages that
-were only transient never survive a restart.
+Where a body goes depends on where it already is:
 
-Known shortcoming: persistent messages are paged to the scratch file too,
-although the journal already holds their bodies; reading them back from the
-journal needs a read-by-id API the journal does not have yet.
+- A persistent message that only durable queues hold is in the journal
+  already. Its body stays in memory until the fsync that writes its record
+  (counted meanwhile as ``awaiting_fsync``: at most what one batch holds),
+  then is dropped and read back from the journal (``Journal.read_body``).
+- Every other message is written to a scratch file. Scratch files live in
+  DATA/scratch, in segments deleted once no message in them is live; the
+  directory is emptied at every start, since messages that were only
+  transient never survive a restart.
+
+A copy of a message (dead-lettering) shares a body in the scratch file;
+one in the journal is read back into the copy, since the original's record
+goes when the original leaves its queue.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amqpd.broker.message import CountedMessage
+from amqpd.broker.message import JOURNAL_PAGE, CountedMessage
 
 if TYPE_CHECKING:
     from amqpd.broker.message import Message
+    from amqpd.persistence.journal import Journal, JournalError
 
 log = logging.getLogger("amqpd.paging")
 
@@ -62,6 +70,12 @@ class Pager:
         self.in_memory = 0  # bytes of bodies held in memory
         self.paged = 0  # bytes of bodies in scratch files
         self.paged_messages = 0
+        self.journal_paged = 0  # bytes of bodies read back from the journal
+        self.journal_paged_messages = 0
+        # bytes of bodies past the budget waiting for their journal fsync
+        self.awaiting_fsync = 0
+        # set while the broker journals persistent messages
+        self.journal: Journal | None = None
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
         self._segments: dict[int, ScratchSegment] = {}
@@ -72,8 +86,12 @@ class Pager:
         self._segments[number] = segment
         return segment
 
-    def admit(self, message: Message) -> None:
-        """A message entered a queue: count it, or page its body out."""
+    def admit(self, message: Message, journaled_at: int | None = None) -> None:
+        """A message entered a queue: count it, or page its body out.
+
+        ``journaled_at`` is the lsn of the message's journal records when
+        every queue that holds it is journaled; None otherwise.
+        """
         if message.counted:
             return
         message.counted = True
@@ -84,6 +102,11 @@ class Pager:
         size = len(body)
         if self.in_memory + size <= self.budget or not size:
             self.in_memory += size
+            return
+        journal = self.journal
+        if journaled_at is not None and journal is not None:
+            self.awaiting_fsync += size
+            journal.on_durable(journaled_at, partial(self._journaled, message))
             return
         segment = self._current
         if segment.size + size > SEGMENT_SIZE and segment.size:
@@ -97,21 +120,47 @@ class Pager:
         self.paged += size
         self.paged_messages += 1
 
+    def _journaled(self, message: Message, error: JournalError | None) -> None:
+        """The journal wrote the message's records: drop the body."""
+        size = message.size
+        self.awaiting_fsync -= size
+        journal = self.journal
+        handle = None
+        if error is None and journal is not None:
+            handle = journal.locate(message.journal_id)
+        if handle is None:
+            # the journal failed, or every queue let go of the message
+            # before its fsync: keep the body for the little time left
+            self.in_memory += size
+            return
+        message.page = (JOURNAL_PAGE, handle)
+        message.body = None
+        self.journal_paged += size
+        self.journal_paged_messages += 1
+
     def read(self, message: Message) -> bytes:
         """The body of a paged message, read back for one delivery."""
         assert message.page is not None
-        number, offset = message.page
-        return os.pread(self._segments[number].fd, message.size, offset)
+        number, where = message.page
+        if number == JOURNAL_PAGE:
+            assert self.journal is not None
+            return self.journal.read_body(where)
+        return os.pread(self._segments[number].fd, message.size, where)
 
     def share(self, copy: Message, original: Message) -> None:
-        """A copy (dead-lettering) refers to the same paged body."""
-        if original.page is None:
+        """``copy`` refers to the same paged body as ``original``."""
+        page = original.page
+        if page is None:
             return
-        copy.page = original.page
+        copy.page = page
         copy.counted = True
         copy.pager = self
         copy.__class__ = CountedMessage
-        self._segments[original.page[0]].live += 1
+        if page[0] == JOURNAL_PAGE:
+            self.journal_paged += copy.size
+            self.journal_paged_messages += 1
+            return
+        self._segments[page[0]].live += 1
         self.paged += copy.size
         self.paged_messages += 1
 
@@ -120,6 +169,10 @@ class Pager:
         page = message.page
         if page is None:
             self.in_memory -= message.size
+            return
+        if page[0] == JOURNAL_PAGE:
+            self.journal_paged -= message.size
+            self.journal_paged_messages -= 1
             return
         self.paged -= message.size
         self.paged_messages -= 1

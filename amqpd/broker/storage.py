@@ -146,8 +146,11 @@ class MessageStore:
                 entries.append(entry)
             pager = queue.vhost.pager
             if pager is not None:
+                # past the budget, bodies are dropped and read back from
+                # the journal, where they are durable already
+                durable = self.journal.durable_lsn
                 for entry in entries:
-                    pager.admit(entry.message)
+                    pager.admit(entry.message, durable)
             queue.restore(entries)
             count += len(entries)
         return count

@@ -317,7 +317,11 @@ class ChannelMachine:
             if message.persistent:
                 lsn = store.publish(message, queues)
         if queues and vhost.pager is not None:
-            vhost.pager.admit(message)
+            # a body only durable queues hold can be read back from the journal
+            vhost.pager.admit(
+                message,
+                lsn if lsn and all(q.journaled for q in queues) else None,
+            )
         refused = False
         for queue in queues:
             if not queue.publish(message):

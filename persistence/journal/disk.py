@@ -12,6 +12,13 @@ Each writer cycle also deletes segments with nothing live and compacts at
 most one sparse segment. The plan is made before the batch is taken, and
 carried out after that batch is durable, so a segment is never deleted or
 rewritten before the records that made its contents dead are on disk.
+
+``read_body`` reads a live message's body back (the broker's pager uses it
+past its memory budget). It runs on the event loop thread while a worker
+thread may be renaming a compacted file over the segment it reads; so the
+plan opens a reader on a segment before compacting it, reads go on through
+that descriptor to the old file at the old offsets, and the reader is
+closed only when the loop thread takes the new offsets (``_finish``).
 """
 
 from __future__ import annotations
@@ -34,11 +41,11 @@ from .codec import RecordCodec
 from .compaction import CompactionPlan, plan_compaction, rewrite_segment
 from .errors import JournalClosed, JournalError, JournalFailed, RecordRejected
 from .filelayer import FileLayer
-from .format import OVERHEAD, SEGMENT_HEADER_SIZE
+from .format import OVERHEAD, SEGMENT_HEADER_SIZE, read_frame
 from .interface import DurableCallback, JournalOptions, JournalStatistics
 from .keyring import Keyring
 from .ledger import Ledger
-from .records import Record
+from .records import MessageRecord, MoveRecord, Record
 from .recovery import collector_paused, repair, replay
 from .segment import Segment, SegmentTable
 from .state import RecoveredState
@@ -104,6 +111,8 @@ class DiskJournal:
         self._wake_pending = False
         self._last_sync = time.monotonic()
         self._batches = self._compactions = self._deleted = 0
+        # segment id -> fd open for read_body (see the module's docstring)
+        self._readers: dict[int, int] = {}
 
     # lifecycle
 
@@ -359,6 +368,47 @@ class DiskJournal:
             deleted_segments=self._deleted,
         )
 
+    # reading bodies back
+
+    def locate(self, message_id: int) -> int | None:
+        """A handle to read back the body of live message ``message_id``
+        (its record's slot), or None if the message is not live."""
+        message = self._ledger.messages.get(message_id)
+        return None if message is None else message.slot
+
+    def read_body(self, handle: int) -> bytes:
+        """The body stored in the record at ``handle`` (from ``locate``).
+
+        Call it only for a durable record (``on_durable`` has run) of a
+        message that is live, or that died in the same turn of the event
+        loop. Checks the record's checksum; raises JournalError if the
+        record is gone or damaged.
+        """
+        place = self._table.place(handle)
+        if place is None:
+            raise JournalError(f"journal {self.directory}: record {handle:#x} is gone")
+        segment, offset, size = place
+        readers = self._readers
+        fd = readers.get(segment.segment_id)
+        if fd is None:
+            fd = readers[segment.segment_id] = self._layer.open_reader(segment.path)
+        data = self._layer.pread(fd, size, offset)
+        frame = read_frame(data, 0)
+        where = f"{segment.path} offset {offset}"
+        if frame is None:
+            raise JournalError(f"{where}: the record fails its checksum")
+        record = self._codec.decode(frame, where)
+        if isinstance(record, MoveRecord) and record.message is not None:
+            record = record.message
+        if not isinstance(record, MessageRecord):
+            raise JournalError(f"{where}: the record holds no message")
+        return record.body
+
+    def _close_reader(self, segment_id: int) -> None:
+        fd = self._readers.pop(segment_id, None)
+        if fd is not None:
+            self._layer.close(fd)
+
     # the writer task
 
     async def _run_writer(self) -> None:
@@ -471,6 +521,8 @@ class DiskJournal:
             except OSError:
                 log.exception("journal %s: closing the segment failed", self.directory)
         self._fail_callbacks(JournalClosed(f"journal {self.directory} closed"))
+        for segment_id in list(self._readers):
+            self._close_reader(segment_id)
         self._unlock()
 
     def _unlock(self) -> None:
@@ -501,7 +553,15 @@ class DiskJournal:
             return None
         delete = sorted(table.empty, key=lambda seg: seg.segment_id)
         table.empty.clear()
-        return _Maintenance(delete, plan_compaction(table))
+        compaction = plan_compaction(table)
+        if compaction is not None:
+            # reads go on to the old file until _finish takes the new offsets
+            segment = compaction.segment
+            if segment.segment_id not in self._readers:
+                self._readers[segment.segment_id] = self._layer.open_reader(
+                    segment.path
+                )
+        return _Maintenance(delete, compaction)
 
     def _maintain(self, plan: _Maintenance) -> list[int] | None:
         # Whatever made these segments dead must be on disk before they go.
@@ -519,11 +579,13 @@ class DiskJournal:
 
     def _finish(self, plan: _Maintenance, offsets: list[int] | None) -> None:
         for segment in plan.delete:
+            self._close_reader(segment.segment_id)
             self._table.remove(segment)
             self._deleted += 1
             log.debug("journal %s: deleted segment %s", self.directory, segment.path)
         compaction = plan.compaction
         if compaction is not None and offsets is not None:
             self._table.rewritten(compaction.segment, compaction.kept, offsets)
+            self._close_reader(compaction.segment.segment_id)
             self._compactions += 1
             log.debug("journal %s: compacted %s", self.directory, compaction.segment)

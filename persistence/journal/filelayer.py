@@ -2,7 +2,9 @@
 
 The journal never touches files except through a FileLayer, so a test can
 subclass it to record the order of writes and fsyncs, or to make one fail.
-All methods run on the writer's worker thread or during recovery.
+All methods run on the writer's worker thread or during recovery, except
+``open_reader`` and ``pread``, which read message bodies back for the
+broker on the event loop thread.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ class FileLayer:
         """Return the whole content of ``path``."""
         with open(path, "rb") as file:
             return file.read()
+
+    def open_reader(self, path: Path) -> int:
+        """Open ``path`` for reading record by record; return the fd."""
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` of ``fd`` (fewer at the end)."""
+        return os.pread(fd, size, offset)
 
     def replace(self, source: Path, target: Path) -> None:
         """Rename ``source`` over ``target`` atomically."""

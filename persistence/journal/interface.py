@@ -167,6 +167,20 @@ class Journal(Protocol):
         """Without an event loop: write and sync everything appended so far."""
         ...
 
+    def locate(self, message_id: int) -> int | None:
+        """A handle for ``read_body``, or None if the message is not live."""
+        ...
+
+    def read_body(self, handle: int) -> bytes:
+        """The body of the message at ``handle``, read back from the journal.
+
+        Only for a message whose record is durable and that is still live
+        (or died in the same turn of the event loop, as a message handed to
+        a no-ack consumer does just before it is sent). Raises JournalError
+        if the record is gone or fails its checksum.
+        """
+        ...
+
     def statistics(self) -> JournalStatistics:
         """Counters and sizes as of now."""
         ...

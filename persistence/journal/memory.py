@@ -114,6 +114,18 @@ class MemoryJournal:
     def flush(self) -> None:
         """Nothing to write."""
 
+    def locate(self, message_id: int) -> int | None:
+        """A handle to read back the body of live message ``message_id``
+        (its id here), or None if the message is not live."""
+        return message_id if message_id in self.store.ledger.messages else None
+
+    def read_body(self, handle: int) -> bytes:
+        """The body of live message ``handle``; JournalError once it is gone."""
+        message = self.store.ledger.messages.get(handle)
+        if message is None or message.record is None:
+            raise JournalError(f"message {handle} is not in the journal")
+        return message.record.body
+
     def statistics(self) -> JournalStatistics:
         """Counters as of now."""
         ledger = self.store.ledger

@@ -158,6 +158,15 @@ class SegmentTable:
         self.segments[segment_id] = segment
         return segment
 
+    def place(self, slot: int) -> tuple[Segment, int, int] | None:
+        """The segment, offset and size of the record at ``slot``, or None
+        once its segment is gone."""
+        segment = self.segments.get(slot >> _SHIFT)
+        if segment is None:
+            return None
+        index = slot & _INDEX
+        return segment, segment.offsets[index], segment.sizes[index]
+
     def holds(self, slot: int) -> int:
         """How many reasons ``slot`` has to stay."""
         return self.segments[slot >> _SHIFT].holds[slot & _INDEX]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from amqpd.persistence.journal import (
@@ -250,3 +252,58 @@ def test_message_moved_back_into_its_queue_outlives_its_compacted_enqueues(
     assert (queued.message.message_id, queued.sequence) == (1, 3)
     assert queued.message.body == b"kept"
     assert "d" not in state.queues
+
+
+class PausedReplace(FileLayer):
+    """Stops the writer's thread right after a compaction's rename."""
+
+    def __init__(self) -> None:
+        self.renamed = threading.Event()
+        self.go = threading.Event()
+
+    def replace(self, source: Path, target: Path) -> None:
+        super().replace(source, target)
+        self.renamed.set()
+        self.go.wait(10)
+
+
+def body_of(mid: int) -> bytes:
+    record = message(mid)[0]
+    assert isinstance(record, MessageRecord)
+    return record.body
+
+
+@pytest.mark.anyio
+async def test_bodies_read_while_a_segment_is_compacted_come_out_whole(
+    tmp_path: Path,
+) -> None:
+    layer = PausedReplace()
+    journal = DiskJournal(tmp_path, OPTIONS, file_layer=layer)
+    journal.recover()
+    async with journal:
+        for mid in range(1, 121):
+            journal.append_many(message(mid))
+        await journal.commit()
+        first = messages_in(seg(tmp_path, 1))
+        acked = first[: len(first) * 7 // 10]
+        kept = first[len(acked) :]
+        for mid in acked:
+            journal.append(AckRecord("q", mid))
+
+        # the new file is in place; the loop still has the old offsets
+        assert await anyio.to_thread.run_sync(layer.renamed.wait, 10)
+        assert messages_in(seg(tmp_path, 1)) == kept
+        assert journal.statistics().compactions == 0
+        for mid in kept:
+            handle = journal.locate(mid)
+            assert handle is not None and journal.read_body(handle) == body_of(mid)
+
+        layer.go.set()
+        # cycles run one after the other: this one ends after the compaction
+        journal.append_many(message(999))
+        await journal.commit()
+        assert journal.statistics().compactions == 1
+        for mid in kept:
+            handle = journal.locate(mid)
+            assert handle is not None and journal.read_body(handle) == body_of(mid)
+        assert journal.locate(acked[0]) is None
