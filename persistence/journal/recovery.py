@@ -75,8 +75,12 @@ def scan_segment(path: Path, segment_id: int, data: bytes, last: bool) -> Segmen
     scan = SegmentScan(segment_id, path, len(data))
     end_kind = DamageKind.TORN_TAIL if last else DamageKind.CORRUPT
     if len(data) < SEGMENT_HEADER_SIZE:
-        scan.damage.append(Damage(path, 0, len(data), end_kind))
-        scan.cut_at = 0 if last else None
+        if last:
+            # a crash between creating the newest segment and writing its
+            # header: no record in it was ever durable, so nothing is lost
+            scan.cut_at = 0
+        else:
+            scan.damage.append(Damage(path, 0, len(data), end_kind))
         return scan
     version = segment_version(data)
     if version is not None and version not in READABLE_VERSIONS:
@@ -234,6 +238,8 @@ def repair(result: Replay, layer: FileLayer) -> None:
                 action,
             )
         if scan.cut_at == 0:
+            if not scan.damage:
+                log.info("journal %s: removing an unfinished new segment", scan.path)
             layer.remove(scan.path)
             changed = True
         elif scan.cut_at is not None:

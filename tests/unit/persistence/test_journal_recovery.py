@@ -125,16 +125,32 @@ def test_cut_at_every_byte_of_the_last_record_loses_only_that_record(
     assert ids(intact, "dlq") == [100]
 
 
-def test_segment_shorter_than_its_header_is_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [0, 9])
+def test_unfinished_newest_segment_is_removed_and_is_no_damage(
+    tmp_path: Path, size: int
+) -> None:
+    # a crash between creating a segment and writing its header: nothing in
+    # it was ever durable, so `journal check` must not call it damage
     write(tmp_path, published(1, 3), JournalOptions(segment_size=4096))
-    (tmp_path / "00000002.seg").write_bytes(fmt.segment_header(2)[:9])
+    (tmp_path / "00000002.seg").write_bytes(fmt.segment_header(2)[:size])
+    assert check(tmp_path).clean
 
     state = recover(tmp_path)
 
     assert ids(state) == [1, 2, 3]
-    (damage,) = state.report.damage
-    assert damage.kind is DamageKind.TORN_TAIL and damage.offset == 0
+    assert state.report.clean
     assert not (tmp_path / "00000002.seg").exists()
+
+
+def test_segment_shorter_than_its_header_before_the_newest_is_damage(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "00000002.seg"
+    scan = scan_segment(path, 2, fmt.segment_header(2)[:9], last=False)
+
+    (damage,) = scan.damage
+    assert damage.kind is DamageKind.CORRUPT and damage.offset == 0
+    assert scan.cut_at is None
 
 
 # flipped bytes in the middle
