@@ -61,9 +61,10 @@ class Node:
         if pager is not None and self.message_store is not None:
             pager.journal = self.message_store.journal
 
-    def _persist(self, op: PersistOp) -> None:
+    def _persist(self, op: PersistOp) -> int:
         if self.persist is not None:
             self.definitions_submitted = self.persist(op)
+        return self.definitions_submitted
 
     def stored(self, ticket: int) -> None:
         """The definitions store committed every change up to ``ticket``:

@@ -110,6 +110,9 @@ class Queue:
         )
         self.journaled = self.store is not None
         self.journal_key = queue_key(vhost.name, name)
+        # the definitions store's ticket for this queue's declaration: a
+        # confirm for a message journaled here waits until it is stored
+        self.definition_ticket = 0
         self.settings = QueueSettings()
         self.count_deliveries = False
         self.plain = True

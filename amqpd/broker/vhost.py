@@ -34,8 +34,8 @@ log = logging.getLogger("amqpd.vhost")
 PersistOp = Callable[[DefinitionsStore], Awaitable[object]]
 
 
-def _no_persist(op: PersistOp) -> None:
-    return None
+def _no_persist(op: PersistOp) -> int:
+    return 0
 
 
 PREDECLARED = {
@@ -167,7 +167,8 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.policies: dict[str, Policy] = {}
-        self.persist: Callable[[PersistOp], None] = _no_persist
+        # hands a change to the definitions store; returns its ticket
+        self.persist: Callable[[PersistOp], int] = _no_persist
         # the journal of persistent messages (None: nothing is journaled)
         self.store: MessageStore | None = None
         # the budget of message bodies in memory (None: no accounting)
@@ -361,7 +362,7 @@ class VHost:
         self.queues[name] = queue
         if durable and not exclusive:
             record = records.Queue(self.name, name, durable, auto_delete, arguments)
-            self.persist(lambda s: s.put_queue(record))
+            queue.definition_ticket = self.persist(lambda s: s.put_queue(record))
         policy = self._policy_for("queues", name)
         if policy is not None:
             queue.apply_settings(resolve(arguments, policy))

@@ -339,6 +339,12 @@ class ChannelMachine:
             self.conn.confirms_pending.add(self)
         elif lsn and self.tx is not None:
             self.tx_lsn = lsn
+        if lsn:
+            # ... and for the declaration of its queue (nowait) to be stored
+            stored = self.conn.node.definitions_stored
+            for queue in queues:
+                if queue.definition_ticket > stored:
+                    self.conn.hold_until_stored(queue.definition_ticket)
 
     def watch_durable(self) -> None:
         """One journal callback for every confirm this read left waiting."""

@@ -188,6 +188,12 @@ class ConnectionMachine:
             return
         self.held.append((ticket, lsn, data))
 
+    def hold_until_stored(self, ticket: int) -> None:
+        """Hold everything written from now on until the definitions store
+        has committed ``ticket``."""
+        if ticket > self.node.definitions_stored:
+            self.held.append((ticket, 0, b""))
+
     def _journal_durable(self, error: Exception | None) -> None:
         if error is not None:
             # the change a held reply promises will never be stored

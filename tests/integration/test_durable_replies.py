@@ -12,6 +12,9 @@ import pika
 import pytest
 from amqp_wire import RawClient, method_frame
 from pamqp import commands as spec
+from pamqp import frame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 from crashloop import BrokerProcess, abandon, connect
@@ -93,3 +96,42 @@ def test_a_held_reply_is_not_overtaken_by_later_replies(tmp_path: Path) -> None:
             )
             client.expect(spec.Queue.DeclareOk, 1)
             client.expect(spec.Basic.QosOk, 1)
+
+
+def _persistent_publish(channel: int, routing_key: str, body: bytes) -> bytes:
+    props = spec.Basic.Properties(delivery_mode=2)
+    return b"".join((
+        method_frame(channel, spec.Basic.Publish(exchange="", routing_key=routing_key)),
+        frame.marshal(ContentHeader(0, len(body), props), channel),
+        frame.marshal(ContentBody(body), channel),
+    ))  # fmt: skip
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_confirm_after_a_nowait_declaration_waits_until_it_is_stored(
+    tmp_path: Path, attempt: int
+) -> None:
+    data = tmp_path / "data"
+    arguments = {"x-max-priority": 5, "x-max-length": 1000}
+    with _broker(data) as (proc, port), RawClient(port) as client:
+        client.handshake()
+        client.open_channel(1)
+        client.send_method(1, spec.Confirm.Select())
+        client.expect(spec.Confirm.SelectOk, 1)
+        # no declare-ok to wait for: the declaration and the publish in
+        # one write, and the kill as soon as the confirm is in
+        client.send(
+            method_frame(1, spec.Queue.Declare(
+                queue="nw.q", durable=True, nowait=True, arguments=arguments
+            )),
+            _persistent_publish(1, "nw.q", b"kept"),
+        )  # fmt: skip
+        assert client.expect(spec.Basic.Ack, 1).delivery_tag == 1
+        proc.kill()
+    with _broker(data) as (proc, port):
+        conn = connect(port)
+        ch = conn.channel()
+        # the same arguments: a queue restored without them would be 406
+        declared = ch.queue_declare("nw.q", durable=True, arguments=arguments)
+        assert declared.method.message_count == 1
+        conn.close()
