@@ -10,8 +10,22 @@ if TYPE_CHECKING:
     from amqpd.broker.paging import Pager
 
 JOURNAL_PAGE = 0
-"""``Message.page[0]`` for a body read back from the journal (scratch file
-segments are numbered from 1); ``page[1]`` is then the journal's handle."""
+"""``Page.segment`` of a body read back from the journal (scratch file
+segments are numbered from 1); ``Page.where`` is then the journal's handle."""
+
+
+class Page:
+    """Where a paged-out body is: a scratch segment and offset, or the
+    journal. Messages sharing a body (copies) share the Page, so moving the
+    body (scratch compaction) updates all of them; ``refs`` counts them."""
+
+    __slots__ = ("refs", "segment", "size", "where")
+
+    def __init__(self, segment: int, where: int, size: int) -> None:
+        self.segment = segment
+        self.where = where
+        self.size = size
+        self.refs = 1
 
 
 class Message:
@@ -45,9 +59,8 @@ class Message:
         self.body = body
         self.size = len(body) if body is not None else size
         self.spans = spans
-        # where a paged-out body is: (scratch segment, offset) or
-        # (JOURNAL_PAGE, journal handle); None while the body is in memory
-        self.page: tuple[int, int] | None = None
+        # where a paged-out body is; None while the body is in memory
+        self.page: Page | None = None
         self.counted = False  # in the pager's accounting
         self.pager: Pager | None = None
         # per-message TTL in ms from the expiration property, set at publish
@@ -73,7 +86,7 @@ class Message:
         outlives the original's journal record."""
         body = self.body
         page = self.page
-        if page is not None and page[0] == JOURNAL_PAGE:
+        if page is not None and page.segment == JOURNAL_PAGE:
             body = self.content()
         copy = Message(
             exchange, routing_key, ex_rk, header, body,

@@ -16,7 +16,11 @@ Where a body goes depends on where it already is:
 - Every other message is written to a scratch file. Scratch files live in
   DATA/scratch, in segments deleted once no message in them is live; the
   directory is emptied at every start, since messages that were only
-  transient never survive a restart.
+  transient never survive a restart. A segment whose live bodies fall
+  under a quarter of it is compacted: its live bodies are copied to the
+  newest segment and it is deleted, so a few long-lived messages never pin
+  whole files while traffic flows past them. Compaction runs on the paging
+  path (the next body paged out), one segment at a time.
 
 A copy of a message (dead-lettering) shares a body in the scratch file;
 one in the journal is read back into the copy, since the original's record
@@ -32,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amqpd.broker.message import JOURNAL_PAGE, CountedMessage
+from amqpd.broker.message import JOURNAL_PAGE, CountedMessage, Page
 
 if TYPE_CHECKING:
     from amqpd.broker.message import Message
@@ -40,18 +44,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("amqpd.paging")
 
-SEGMENT_SIZE = 64 * 1024 * 1024
+SEGMENT_SIZE = 16 * 1024 * 1024
+COMPACT_RATIO = 0.25  # compact a segment whose live bytes fall under this
 
 
 class ScratchSegment:
-    __slots__ = ("fd", "live", "number", "path", "size")
+    """One scratch file and the pages of the live bodies in it."""
+
+    __slots__ = ("fd", "live_bytes", "number", "pages", "path", "size")
 
     def __init__(self, directory: Path, number: int) -> None:
         self.number = number
         self.path = directory / f"{number:08d}.scratch"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self.size = 0
-        self.live = 0
+        self.live_bytes = 0
+        self.pages: set[Page] = set()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -64,9 +72,12 @@ class ScratchSegment:
 class Pager:
     """Counts message bodies in memory and pages new ones out past the budget."""
 
-    def __init__(self, directory: Path, budget: int) -> None:
+    def __init__(
+        self, directory: Path, budget: int, segment_size: int = SEGMENT_SIZE
+    ) -> None:
         self.directory = directory
         self.budget = budget
+        self.segment_size = segment_size
         self.in_memory = 0  # bytes of bodies held in memory
         self.paged = 0  # bytes of bodies in scratch files
         self.paged_messages = 0
@@ -76,15 +87,22 @@ class Pager:
         self.awaiting_fsync = 0
         # set while the broker journals persistent messages
         self.journal: Journal | None = None
+        self.compactions = 0
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
         self._segments: dict[int, ScratchSegment] = {}
+        self._sparse: set[ScratchSegment] = set()
         self._current = self._new_segment(1)
 
     def _new_segment(self, number: int) -> ScratchSegment:
         segment = ScratchSegment(self.directory, number)
         self._segments[number] = segment
         return segment
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Bytes in scratch files, live or not."""
+        return sum(segment.size for segment in self._segments.values())
 
     def admit(self, message: Message, journaled_at: int | None = None) -> None:
         """A message entered a queue: count it, or page its body out.
@@ -108,17 +126,60 @@ class Pager:
             self.awaiting_fsync += size
             journal.on_durable(journaled_at, partial(self._journaled, message))
             return
-        segment = self._current
-        if segment.size + size > SEGMENT_SIZE and segment.size:
-            segment = self._current = self._new_segment(segment.number + 1)
-        offset = segment.size
-        os.pwrite(segment.fd, body, offset)
-        segment.size += size
-        segment.live += 1
-        message.page = (segment.number, offset)
+        if self._sparse:
+            self._compact()
+        page = self._write(body)
+        message.page = page
         message.body = None
         self.paged += size
         self.paged_messages += 1
+
+    def _write(self, body: bytes) -> Page:
+        """Append ``body`` to the newest scratch segment; its new page."""
+        segment = self._current
+        size = len(body)
+        if segment.size + size > self.segment_size and segment.size:
+            segment = self._rotate()
+        offset = segment.size
+        os.pwrite(segment.fd, body, offset)
+        segment.size += size
+        page = Page(segment.number, offset, size)
+        segment.pages.add(page)
+        segment.live_bytes += size
+        return page
+
+    def _rotate(self) -> ScratchSegment:
+        full = self._current
+        self._current = self._new_segment(full.number + 1)
+        self._review(full)
+        return self._current
+
+    def _review(self, segment: ScratchSegment) -> None:
+        """Delete a full segment with nothing live; note a sparse one."""
+        if segment is self._current:
+            return
+        if not segment.pages:
+            self._sparse.discard(segment)
+            segment.close()
+            del self._segments[segment.number]
+        elif segment.live_bytes < segment.size * COMPACT_RATIO:
+            self._sparse.add(segment)
+
+    def _compact(self) -> None:
+        """Copy the live bodies of the oldest sparse segment to the newest
+        one and delete it; every message sharing a page sees the move."""
+        segment = min(self._sparse, key=lambda seg: seg.number)
+        self._sparse.discard(segment)
+        for page in sorted(segment.pages, key=lambda page: page.where):
+            body = os.pread(segment.fd, page.size, page.where)
+            moved = self._write(body)
+            self._current.pages.discard(moved)
+            page.segment, page.where = moved.segment, moved.where
+            self._current.pages.add(page)
+        segment.pages.clear()
+        segment.close()
+        del self._segments[segment.number]
+        self.compactions += 1
 
     def _journaled(self, message: Message, error: JournalError | None) -> None:
         """The journal wrote the message's records: drop the body."""
@@ -133,19 +194,19 @@ class Pager:
             # before its fsync: keep the body for the little time left
             self.in_memory += size
             return
-        message.page = (JOURNAL_PAGE, handle)
+        message.page = Page(JOURNAL_PAGE, handle, size)
         message.body = None
         self.journal_paged += size
         self.journal_paged_messages += 1
 
     def read(self, message: Message) -> bytes:
         """The body of a paged message, read back for one delivery."""
-        assert message.page is not None
-        number, where = message.page
-        if number == JOURNAL_PAGE:
+        page = message.page
+        assert page is not None
+        if page.segment == JOURNAL_PAGE:
             assert self.journal is not None
-            return self.journal.read_body(where)
-        return os.pread(self._segments[number].fd, message.size, where)
+            return self.journal.read_body(page.where)
+        return os.pread(self._segments[page.segment].fd, page.size, page.where)
 
     def share(self, copy: Message, original: Message) -> None:
         """``copy`` refers to the same paged body as ``original``."""
@@ -156,11 +217,11 @@ class Pager:
         copy.counted = True
         copy.pager = self
         copy.__class__ = CountedMessage
-        if page[0] == JOURNAL_PAGE:
+        page.refs += 1
+        if page.segment == JOURNAL_PAGE:
             self.journal_paged += copy.size
             self.journal_paged_messages += 1
             return
-        self._segments[page[0]].live += 1
         self.paged += copy.size
         self.paged_messages += 1
 
@@ -170,22 +231,25 @@ class Pager:
         if page is None:
             self.in_memory -= message.size
             return
-        if page[0] == JOURNAL_PAGE:
+        page.refs -= 1
+        if page.segment == JOURNAL_PAGE:
             self.journal_paged -= message.size
             self.journal_paged_messages -= 1
             return
         self.paged -= message.size
         self.paged_messages -= 1
-        segment = self._segments.get(page[0])
+        if page.refs:
+            return
+        segment = self._segments.get(page.segment)
         if segment is None:
             return
-        segment.live -= 1
-        if not segment.live and segment is not self._current:
-            segment.close()
-            del self._segments[page[0]]
+        segment.pages.discard(page)
+        segment.live_bytes -= page.size
+        self._review(segment)
 
     def close(self) -> None:
         for segment in self._segments.values():
             segment.close()
         self._segments.clear()
+        self._sparse.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
