@@ -20,6 +20,13 @@ ARGUMENT_WINS = ("overflow", "dead-letter-exchange", "dead-letter-routing-key")
 QUEUE_POLICY_KEYS = LOWER_WINS + ARGUMENT_WINS
 EXCHANGE_POLICY_KEYS = ("alternate-exchange",)
 POLICY_KEYS = QUEUE_POLICY_KEYS + EXCHANGE_POLICY_KEYS
+# keys of RabbitMQ 3.x accepted for compatibility, with no effect here:
+# bodies are paged past the broker-wide budget whatever the mode, and
+# there is one node to place a queue on
+NO_EFFECT_POLICY_KEYS = {
+    "queue-mode": ("default", "lazy"),
+    "queue-master-locator": ("min-masters", "client-local", "random"),
+}
 APPLY_TO = ("queues", "exchanges", "all")
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
@@ -81,6 +88,11 @@ def validate_policy(
     for key, value in definition.items():
         if key == "max-priority":
             raise ValueError("'max-priority' can only be set as a queue argument")
+        allowed = NO_EFFECT_POLICY_KEYS.get(key)
+        if allowed is not None:
+            if value not in allowed:
+                raise ValueError(f"'{key}' must be one of {', '.join(allowed)}")
+            continue
         if key not in POLICY_KEYS:
             raise ValueError(f"unknown policy key '{key}'")
         _check_value(key, value)
@@ -165,6 +177,11 @@ def validate_queue_arguments(
             raise bad("x-max-priority", "{unacceptable_type}")
         if not 1 <= value <= 255:
             raise bad("x-max-priority", f"{{value_out_of_range,{value},1,255}}")
+    mode = arguments.get("x-queue-mode")
+    if isinstance(mode, bytes):
+        mode = mode.decode(errors="replace")
+    if mode is not None and mode not in NO_EFFECT_POLICY_KEYS["queue-mode"]:
+        raise bad("x-queue-mode", f"\"unsupported queue mode '{mode}'\"")
     if "x-overflow" in arguments and arguments["x-overflow"] not in OVERFLOW:
         raise bad("x-overflow", f"{{unknown_value,{arguments['x-overflow']!r}}}")
     for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):

@@ -557,6 +557,25 @@ def test_argument_alternate_exchange_wins_over_policy(
         ch.exchange_delete(name)
 
 
+def test_rabbitmq_3_policy_with_queue_mode_applies_its_other_keys(
+    policies: Policies, ch: BlockingChannel
+) -> None:
+    # common in RabbitMQ 3.x exports: queue-mode is accepted (no effect
+    # here) and the limits beside it apply
+    p = policies.prefix
+    policies.set(
+        f"{p}-lazy", f"^{p}-q$",
+        {"queue-mode": "lazy", "queue-master-locator": "min-masters",
+         "max-length": 2, "overflow": "reject-publish"},
+    )  # fmt: skip
+    queue = declare(ch, f"{p}-q")
+    ch.confirm_delivery()
+    publish(ch, queue, b"1", b"2")
+    with pytest.raises(NackError):
+        publish(ch, queue, b"3")
+    assert drain(ch, queue) == [b"1", b"2"]
+
+
 # refused policies
 
 
@@ -570,7 +589,9 @@ def bad(
 BAD_POLICIES = [
     bad({"max-priority": 10}, "'max-priority' can only be set as a queue argument",
         id="max-priority"),
-    bad({"queue-mode": "lazy"}, "unknown policy key 'queue-mode'", id="unknown-key"),
+    bad({"ha-mode": "all"}, "unknown policy key 'ha-mode'", id="unknown-key"),
+    bad({"queue-mode": "lazier"}, "'queue-mode' must be one of default, lazy",
+        id="bad-queue-mode"),
     bad({}, "a policy needs at least one key", id="empty"),
     bad({"max-length": 1}, "invalid pattern '('", pattern="(", id="bad-pattern"),
     bad({"max-length": 1}, "apply-to must be one of", apply_to="streams",

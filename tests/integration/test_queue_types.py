@@ -337,3 +337,29 @@ def test_unknown_queue_type_is_refused_406(conn: BlockingConnection) -> None:
         "vhost '/': unknown queue type 'bogus'"
     )
     assert not exists(conn, name)
+
+
+@pytest.mark.parametrize("mode", ["default", "lazy"])
+def test_classic_queue_accepts_a_queue_mode(
+    conn: BlockingConnection, mode: str
+) -> None:
+    name = unique("mode")
+    ch = conn.channel()
+    ch.queue_declare(name, arguments={"x-queue-mode": mode})
+    assert exists(conn, name)
+
+
+def test_unknown_queue_mode_is_refused_406_as_rabbitmq_does(
+    conn: BlockingConnection,
+) -> None:
+    name = unique("mode")
+    err = refused(
+        conn, lambda ch: ch.queue_declare(name, arguments={"x-queue-mode": "bogus"})
+    )
+    assert err.reply_code == 406
+    # RabbitMQ 3.10.8's text, quotes included
+    assert err.reply_text == (
+        f"PRECONDITION_FAILED - invalid arg 'x-queue-mode' for queue '{name}' in "
+        "vhost '/': \"unsupported queue mode 'bogus'\""
+    )
+    assert not exists(conn, name)
