@@ -87,12 +87,12 @@ def _memory_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def recover_here(directory: Path) -> dict[str, float]:
+def recover_here(directory: Path, keep_bodies: int | None) -> dict[str, float]:
     """Run recover() in this process; the child's side."""
     before = _memory_mib("VmRSS")
     journal = DiskJournal(directory)
     start, cpu = time.perf_counter(), time.process_time()
-    state = journal.recover()
+    state = journal.recover(keep_bodies)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _memory_mib("VmHWM")
     queued = sum(len(queued) for queued in state.queues.values())
@@ -106,6 +106,7 @@ def recover_here(directory: Path) -> dict[str, float]:
         "queued": queued,
         "records": report.records,
         "segments": report.segments,
+        "unloaded": len(state.unloaded),
     }
 
 
@@ -120,10 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", help="journal directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the journal")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--keep-bodies", type=int, default=None,
+        help="bytes of bodies recovery keeps in memory (the broker passes "
+        "message_memory_budget); default: all",
+    )  # fmt: skip
     parser.add_argument("--recover-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recover_only:
-        print(json.dumps(recover_here(Path(args.dir))))
+        print(json.dumps(recover_here(Path(args.dir), args.keep_bodies)))
         return 0
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="rbench-"))
     directory = root / "journal"
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--dir",
                 str(directory),
             ]
+            if args.keep_bodies is not None:
+                command += ["--keep-bodies", str(args.keep_bodies)]
             out = subprocess.run(command, check=True, capture_output=True, text=True)
             result = json.loads(out.stdout.splitlines()[-1])
             print(
@@ -151,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"(cpu {result['cpu_seconds']:.2f} s), "
                 f"peak RSS {result['peak_rss_mib']:.0f} MiB "
                 f"(before {result['rss_before_mib']:.0f} MiB), "
-                f"{result['queued']:,} queued, {result['records']:,} records "
-                f"in {result['segments']} segments",
+                f"{result['queued']:,} queued "
+                f"({result['unloaded']:,} bodies left on disk), "
+                f"{result['records']:,} records in {result['segments']} segments",
                 flush=True,
             )
     finally:

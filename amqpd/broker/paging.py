@@ -134,6 +134,15 @@ class Pager:
         self.paged += size
         self.paged_messages += 1
 
+    def adopt_journaled(self, message: Message, handle: int) -> None:
+        """Count a recovered message whose body is only in the journal."""
+        message.counted = True
+        message.pager = self
+        message.__class__ = CountedMessage
+        message.page = Page(JOURNAL_PAGE, handle, message.size)
+        self.journal_paged += message.size
+        self.journal_paged_messages += 1
+
     def _write(self, body: bytes) -> Page:
         """Append ``body`` to the newest scratch segment; its new page."""
         segment = self._current

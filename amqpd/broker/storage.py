@@ -119,6 +119,7 @@ class MessageStore:
 
         self._next_id = max(self._next_id, state.next_message_id)
         messages: dict[int, Message] = {}
+        unloaded = state.unloaded
         now_wall, now_mono = time.time(), time.monotonic()
         count = 0
         for key, queued in state.queues.items():
@@ -130,13 +131,18 @@ class MessageStore:
                 record = item.message
                 message = messages.get(record.message_id)
                 if message is None:
+                    mid = record.message_id
+                    size = unloaded.get(mid)
                     message = Message(
                         record.exchange, record.routing_key,
                         shortstr(record.exchange) + shortstr(record.routing_key),
-                        record.header, record.body, properties.scan(record.header),
+                        record.header, None if size is not None else record.body,
+                        properties.scan(record.header), size or 0,
                     )  # fmt: skip
-                    message.journal_id = record.message_id
-                    messages[record.message_id] = message
+                    message.journal_id = mid
+                    if size is not None:
+                        self._left_on_disk(queue, message)
+                    messages[mid] = message
                 entry = Entry(item.sequence, message)
                 entry.returns = item.delivery_count
                 entry.redelivered = True
@@ -154,6 +160,16 @@ class MessageStore:
             queue.restore(entries)
             count += len(entries)
         return count
+
+    def _left_on_disk(self, queue: Queue, message: Message) -> None:
+        """A recovered message whose body recovery left in the journal."""
+        handle = self.journal.locate(message.journal_id)
+        assert handle is not None, "a recovered message is live"
+        pager = queue.vhost.pager
+        if pager is not None:
+            pager.adopt_journaled(message, handle)
+        else:
+            message.body = self.journal.read_body(handle)
 
     def _queue_for(self, node: Node, key: str) -> Queue | None:
         vhost_name, _, name = key.partition("\x00")

@@ -205,7 +205,10 @@ class Broker:
                 compress_threshold=config.journal_compress_threshold or None,
             )
             journal = DiskJournal(self.data_dir / "journal", options, keyring=keyring)
-            state = await anyio.to_thread.run_sync(journal.recover)
+            # bodies past the memory budget stay on disk, read back later
+            state = await anyio.to_thread.run_sync(
+                journal.recover, config.message_memory_budget
+            )
         except (JournalError, ValueError, OSError) as exc:
             raise StartupError(f"journal: {exc}") from None
         self.journal = journal

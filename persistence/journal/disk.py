@@ -116,8 +116,12 @@ class DiskJournal:
 
     # lifecycle
 
-    def recover(self) -> RecoveredState:
+    def recover(self, keep_bodies: int | None = None) -> RecoveredState:
         """Take the directory's lock, read it, repair it, return what is live.
+
+        With ``keep_bodies``, message bodies past that many bytes are left
+        on disk (``RecoveredState.unloaded``; read them with ``read_body``),
+        so that recovering a deep queue does not need its bodies in memory.
 
         Blocking; a broker with a large journal may run it in a worker
         thread. The cyclic garbage collector is paused meanwhile, for the
@@ -135,8 +139,9 @@ class DiskJournal:
         try:
             with collector_paused():
                 result = replay(
-                    self.directory, self._codec, self._layer, self.options.compact_ratio
-                )
+                    self.directory, self._codec, self._layer,
+                    self.options.compact_ratio, keep_bodies,
+                )  # fmt: skip
                 repair(result, self._layer)
                 state = result.state()
         except BaseException:

@@ -132,8 +132,12 @@ class Journal(Protocol):
         """``aclose``, then stop the writer."""
         ...
 
-    def recover(self) -> RecoveredState:
-        """Read what is stored and return it; required once before appending."""
+    def recover(self, keep_bodies: int | None = None) -> RecoveredState:
+        """Read what is stored and return it; required once before appending.
+
+        With ``keep_bodies``, an implementation may leave bodies past that
+        many bytes out of the state (``RecoveredState.unloaded``).
+        """
         ...
 
     def append(self, record: Record) -> int:

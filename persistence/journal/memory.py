@@ -38,8 +38,11 @@ class MemoryJournal:
         self._opened = False
         self._closed = False
 
-    def recover(self) -> RecoveredState:
-        """Return the store's live state; required once before appending."""
+    def recover(self, keep_bodies: int | None = None) -> RecoveredState:
+        """Return the store's live state; required once before appending.
+
+        Bodies are in memory already: ``keep_bodies`` changes nothing.
+        """
         if self._opened or self._closed:
             raise JournalError("recover() runs once, first")
         if self.store.in_use:

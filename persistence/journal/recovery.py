@@ -24,6 +24,7 @@ header of the record around them is damaged.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ from .format import (
 )
 from .keyring import Keyring
 from .ledger import Ledger
+from .records import MessageRecord, MoveRecord, Record
 from .segment import SegmentTable, list_leftovers, list_segments
 from .state import Damage, DamageKind, RecoveredState, Report
 
@@ -170,21 +172,64 @@ class Replay:
     report: Report
     next_segment_id: int
 
+    unloaded: dict[int, int] = field(default_factory=dict)
+
     def state(self) -> RecoveredState:
         """The public result: live messages per queue and the report."""
         next_id = self.ledger.max_message_id + 1
-        return RecoveredState(self.ledger.snapshot(), next_id, self.report)
+        live = self.ledger.messages
+        unloaded = {mid: size for mid, size in self.unloaded.items() if mid in live}
+        return RecoveredState(self.ledger.snapshot(), next_id, self.report, unloaded)
+
+
+class _BodyBudget:
+    """Keeps the first ``limit`` bytes of message bodies recovery reads
+    (the oldest: delivered first) and leaves the others on disk."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+        self.unloaded: dict[int, int] = {}
+
+    def __call__(self, record: Record) -> Record:
+        if self.left is None:
+            return record
+        if isinstance(record, MessageRecord):
+            return self._take(record)
+        if isinstance(record, MoveRecord) and record.message is not None:
+            message = self._take(record.message)
+            if message is not record.message:
+                return dataclasses.replace(record, message=message)
+        return record
+
+    def _take(self, record: MessageRecord) -> MessageRecord:
+        size = len(record.body)
+        assert self.left is not None
+        if size <= self.left:
+            self.left -= size
+            return record
+        self.left = 0  # keep the oldest ones only
+        self.unloaded[record.message_id] = size
+        return dataclasses.replace(record, body=b"")
 
 
 def replay(
-    directory: Path, codec: RecordCodec, layer: FileLayer, compact_ratio: float = 0.5
+    directory: Path,
+    codec: RecordCodec,
+    layer: FileLayer,
+    compact_ratio: float = 0.5,
+    keep_bodies: int | None = None,
 ) -> Replay:
-    """Read and apply every segment in ``directory``; change nothing on disk."""
+    """Read and apply every segment in ``directory``; change nothing on disk.
+
+    With ``keep_bodies``, message records past that many bytes of bodies
+    are kept without their body (see ``RecoveredState.unloaded``).
+    """
     table = SegmentTable(directory, compact_ratio)
     ledger = Ledger(table)
     found = list_segments(directory)
     scans, records = [], 0
     decode, apply = codec.decode, ledger.apply
+    budget = _BodyBudget(keep_bodies)
     for index, (segment_id, path) in enumerate(found):
         data = layer.read(path)
         scan = scan_segment(path, segment_id, data, index == len(found) - 1)
@@ -197,7 +242,7 @@ def replay(
         slot = segment.slot
         for frame in scan.frames:
             where.offset = frame.offset
-            record = decode(frame, where)
+            record = budget(decode(frame, where))
             apply(record, slot(frame.offset, frame.size), False)
         records += len(scan.frames)
         # Decoded: let the payloads go before reading the next segment, so
@@ -220,7 +265,9 @@ def replay(
         queues=len(ledger.queues),
     )
     next_segment_id = found[-1][0] + 1 if found else 1
-    return Replay(table, ledger, scans, leftovers, report, next_segment_id)
+    return Replay(
+        table, ledger, scans, leftovers, report, next_segment_id, budget.unloaded
+    )
 
 
 def repair(result: Replay, layer: FileLayer) -> None:
@@ -269,4 +316,4 @@ def check(
         raise FileNotFoundError(f"no journal directory at {path}")
     codec = RecordCodec(keyring=keyring)
     with collector_paused():
-        return replay(path, codec, file_layer or FileLayer()).report
+        return replay(path, codec, file_layer or FileLayer(), keep_bodies=0).report

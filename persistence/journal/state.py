@@ -117,8 +117,14 @@ class RecoveredState:
     A queue with no live message does not appear. ``next_message_id`` is
     above every message id found on disk; the broker continues counting from
     there so that ids are never reused.
+
+    ``unloaded`` maps the id of each live message whose body recovery left
+    on disk (past ``recover(keep_bodies=...)``) to its body's size; such a
+    record's ``body`` is empty, and the body is read with ``locate`` and
+    ``read_body``.
     """
 
     queues: Mapping[str, tuple[QueuedMessage, ...]] = field(default_factory=dict)
     next_message_id: int = 1
     report: Report = field(default_factory=lambda: Report(None))
+    unloaded: Mapping[int, int] = field(default_factory=dict)

@@ -419,3 +419,41 @@ def test_recovery_leaves_objects_frozen_by_others_frozen(tmp_path: Path) -> None
     finally:
         gc.unfreeze()
     assert gc.isenabled()
+
+
+# bodies left on disk past a budget
+
+
+def test_bodies_past_the_budget_are_left_on_disk_and_read_back(
+    tmp_path: Path,
+) -> None:
+    records = published(1, 10)
+    records.append(AckRecord("q", 1))  # its body was counted, then acked
+    dead = MessageRecord(11, "dlx", "rk", b"header", b"dead-lettered " * 10)
+    records.append(MoveRecord("q", 10, (Placement("dlq", 1),), dead))
+    write(tmp_path, records)
+    bodies = {r.message_id: r.body for r in records if isinstance(r, MessageRecord)}
+    bodies[11] = dead.body
+    budget = len(bodies[1]) + len(bodies[2]) + len(bodies[3])
+
+    journal = DiskJournal(tmp_path)
+    state = journal.recover(keep_bodies=budget)
+
+    queued = {item.message.message_id: item.message for item in state.queues["q"]}
+    # the oldest three fit (one of them acked since); the others are on disk
+    assert [queued[m].body for m in (2, 3)] == [bodies[2], bodies[3]]
+    assert dict(state.unloaded) == {
+        mid: len(bodies[mid]) for mid in (4, 5, 6, 7, 8, 9, 11)
+    }
+    assert state.queues["dlq"][0].message.body == b""
+    for mid, size in state.unloaded.items():
+        handle = journal.locate(mid)
+        assert handle is not None
+        assert journal.read_body(handle) == bodies[mid] and len(bodies[mid]) == size
+    journal.close()
+
+
+def test_journal_check_keeps_no_bodies_and_reports_the_same(tmp_path: Path) -> None:
+    write(tmp_path, published(1, 50))
+    assert check(tmp_path).clean
+    assert check(tmp_path).messages == 50
