@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,13 @@ from amqpd.persistence.journal import (
     MessageRecord,
 )
 
-HEADER = b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x64\x10\x00\x02"
+
+def content_header(body_size: int) -> bytes:
+    """A real content header (basic class, delivery_mode 2), so that a
+    broker can be started on the journal this writes."""
+    return struct.pack(">HHQHB", 60, 0, body_size, 0x1000, 2)
+
+
 QUEUE = "/\x00backlog"
 FLUSH_EVERY = 10_000
 
@@ -59,10 +66,11 @@ def write(
     body = bytes(range(body_size % 256)) + b"b" * (body_size - body_size % 256)
     if json_bodies:
         body = json_body(body_size)
+    header = content_header(len(body))
     for mid in range(1, messages + 1):
         journal.append_many(
             [
-                MessageRecord(mid, "", "backlog", HEADER, body),
+                MessageRecord(mid, "", "backlog", header, body),
                 EnqueueRecord(QUEUE, mid, mid),
             ]
         )

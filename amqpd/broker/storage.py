@@ -120,6 +120,8 @@ class MessageStore:
         self._next_id = max(self._next_id, state.next_message_id)
         messages: dict[int, Message] = {}
         unloaded = state.unloaded
+        # most messages share an exchange and routing key: share the objects
+        routes: dict[tuple[str, str], tuple[str, str, bytes]] = {}
         now_wall, now_mono = time.time(), time.monotonic()
         count = 0
         for key, queued in state.queues.items():
@@ -133,11 +135,17 @@ class MessageStore:
                 if message is None:
                     mid = record.message_id
                     size = unloaded.get(mid)
+                    header, spans = properties.scan_shared(record.header)
+                    route = routes.get((record.exchange, record.routing_key))
+                    if route is None:
+                        exchange, key = record.exchange, record.routing_key
+                        route = routes[exchange, key] = (
+                            exchange, key, shortstr(exchange) + shortstr(key)
+                        )  # fmt: skip
                     message = Message(
-                        record.exchange, record.routing_key,
-                        shortstr(record.exchange) + shortstr(record.routing_key),
-                        record.header, None if size is not None else record.body,
-                        properties.scan(record.header), size or 0,
+                        route[0], route[1], route[2],
+                        header, None if size is not None else record.body,
+                        spans, size or 0,
                     )  # fmt: skip
                     message.journal_id = mid
                     if size is not None:

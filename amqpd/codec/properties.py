@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from amqpd.codec.table import decode_table
@@ -62,6 +63,28 @@ def scan(header: bytes) -> Spans:
         spans[FIELDS[i]] = (pos, end)
         pos = end
     return spans
+
+
+@lru_cache(maxsize=4096)
+def scan_shared(header: bytes) -> tuple[bytes, Spans]:
+    """``scan``, remembered for the last few thousand distinct headers.
+
+    Most publishers send the same properties again and again; their queued
+    messages then share one header bytes object (when the body size is the
+    same too) and one spans dict (about 300 bytes per queued message, and
+    the scan, saved). Returns the header to keep (an equal one seen before)
+    and its spans, which nobody may change. ValueError if malformed (not
+    remembered).
+    """
+    if len(header) < 14:
+        raise ValueError("content header shorter than 14 bytes")
+    # the spans do not depend on the body size: share them across sizes
+    return header, _spans_of_properties(header[12:])
+
+
+@lru_cache(maxsize=4096)
+def _spans_of_properties(properties: bytes) -> Spans:
+    return scan(bytes(12) + properties)
 
 
 def body_size(header: bytes) -> int:

@@ -257,7 +257,7 @@ class ChannelMachine:
         body: bytes,
     ) -> None:
         try:
-            spans = properties.scan(header)
+            header, spans = properties.scan_shared(header)
             if "headers" in spans:
                 # routing, queues and dead-lettering read the headers later,
                 # away from this frame: a table they cannot read stops here

@@ -118,6 +118,29 @@ def test_scan_and_get_equal_pamqp(values: dict[str, Any], body_size: int) -> Non
     assert properties.body_size(header) == pamqp_read(header).body_size == body_size
 
 
+@given(property_sets(), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1))
+def test_shared_scan_equals_scan_whatever_the_body_size(
+    values: dict[str, Any], size: int, other_size: int
+) -> None:
+    header = build(values, size)
+    kept, spans = properties.scan_shared(header)
+    assert kept == header and spans == properties.scan(header)
+    # a second header equal to the first is swapped for the first
+    again = build(values, size)
+    assert properties.scan_shared(again)[0] is kept
+    # the same properties with another body size share the spans
+    other = build(values, other_size)
+    assert properties.scan_shared(other)[1] == properties.scan(other)
+
+
+def test_shared_scan_refuses_what_scan_refuses() -> None:
+    for bad in (bytes(13), struct.pack(">HHQH", 60, 0, 0, 0x0001)):
+        with pytest.raises(ValueError):
+            properties.scan(bad)
+        with pytest.raises(ValueError):
+            properties.scan_shared(bad)
+
+
 @given(property_sets())
 def test_raw_is_the_encoded_property(values: dict[str, Any]) -> None:
     header = build(values)
