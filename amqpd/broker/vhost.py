@@ -15,7 +15,12 @@ from typing import Any
 from amqpd import exchanges
 from amqpd.broker.message import Message
 from amqpd.broker.paging import Pager
-from amqpd.broker.policy import Policy, resolve, validate_queue_arguments
+from amqpd.broker.policy import (
+    Policy,
+    amqp_type_name,
+    resolve,
+    validate_queue_arguments,
+)
 from amqpd.broker.queue import Queue, Scheduler
 from amqpd.broker.storage import MessageStore
 from amqpd.errors import (
@@ -117,6 +122,26 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _typed(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"the value '{_show(value)}' of type '{amqp_type_name(value)}'"
+
+
+def _inequivalent_arg(key: str, where: str, got: Any, have: Any) -> PreconditionFailed:
+    """RabbitMQ's 406 for an argument that differs from the declared one:
+    plain values when both are there with the same kind of type, the value
+    and its type otherwise, "none" for a missing one."""
+    if got is None or have is None or _kind(got) != _kind(have):
+        received, current = _typed(got), _typed(have)
+    else:
+        received, current = f"'{_show(got)}'", f"'{_show(have)}'"
+    return PreconditionFailed(
+        f"inequivalent arg '{key}' for {where}: received {received} "
+        f"but current is {current}"
+    )
 
 
 def _check_same(where: str, fields: tuple[tuple[str, bool, bool], ...]) -> None:
@@ -261,10 +286,8 @@ class VHost:
         ))  # fmt: skip
         key = "alternate-exchange"
         if not _same(arguments.get(key), ex.arguments.get(key)):
-            raise PreconditionFailed(
-                f"inequivalent arg '{key}' for {where}: received "
-                f"'{_show(arguments.get(key))}' but current is "
-                f"'{_show(ex.arguments.get(key))}'"
+            raise _inequivalent_arg(
+                key, where, arguments.get(key), ex.arguments.get(key)
             )
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
@@ -388,10 +411,7 @@ class VHost:
             if key == "x-queue-type" and got in default and have in default:
                 continue
             if not _same(got, have):
-                raise PreconditionFailed(
-                    f"inequivalent arg '{key}' for {where}: received "
-                    f"'{_show(got)}' but current is '{_show(have)}'"
-                )
+                raise _inequivalent_arg(key, where, got, have)
 
     def delete_queue(
         self,

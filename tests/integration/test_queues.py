@@ -169,11 +169,15 @@ def test_declare_with_flags_and_arguments_is_idempotent(
         ("auto_delete", {"auto_delete": True}, {}, "'false'", "'true'"),
         ("x-max-length", {"arguments": {"x-max-length": 5}},
          {"arguments": {"x-max-length": 6}}, "'6'", "'5'"),
+        # RabbitMQ 3.10.8's texts: the value and its type where the types
+        # differ or one side is missing
         ("x-message-ttl", {"arguments": {"x-message-ttl": 1000}},
-         {"arguments": {"x-message-ttl": "1000"}}, "", ""),
+         {"arguments": {"x-message-ttl": "1000"}},
+         "the value '1000' of type 'longstr'", "the value '1000' of type 'signedint'"),
         ("x-dead-letter-exchange", {}, {"arguments": {"x-dead-letter-exchange": "d"}},
-         "", ""),
-        ("x-expires", {"arguments": {"x-expires": 9000}}, {}, "", ""),
+         "the value 'd' of type 'longstr'", "none"),
+        ("x-expires", {"arguments": {"x-expires": 9000}}, {},
+         "none", "the value '9000' of type 'signedint'"),
     ],
 )  # fmt: skip
 def test_redeclare_queue_with_different_property_fails_406(
@@ -192,9 +196,7 @@ def test_redeclare_queue_with_different_property_fails_406(
         f"PRECONDITION_FAILED - inequivalent arg '{field}' for queue '{name}' "
         "in vhost '/': received "
     )
-    assert err.reply_text.startswith(prefix)
-    if received:
-        assert err.reply_text == f"{prefix}{received} but current is {current}"
+    assert err.reply_text == f"{prefix}{received} but current is {current}"
     assert counts(conn, name) == (0, 0)
     conn.channel().queue_delete(name)
 
