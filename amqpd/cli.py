@@ -1,7 +1,9 @@
 """The ``amqpd`` command: run the broker, or one of its tools.
 
 Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 for a runtime failure
-(port in use, data directory locked), 2 for bad flags or configuration.
+(port in use, data directory locked, a definitions store that cannot be
+opened or read), 2 for bad flags or configuration (a ``definitions_url``
+that names no async SQLAlchemy driver included).
 """
 
 from __future__ import annotations
@@ -78,7 +80,20 @@ def parse_config(argv: list[str]) -> Config:
         config = config.replace(log_level=args.log_level)
     if config.data_dir is None:
         config = config.replace(data_dir=default_data_dir())
+    if config.definitions_url is not None:
+        _check_definitions_url(parser, config.definitions_url)
     return config
+
+
+def _check_definitions_url(parser: argparse.ArgumentParser, url: str) -> None:
+    """A URL that can never name a store is a configuration error (exit 2);
+    a store that cannot be reached or read is found at start (exit 1)."""
+    from amqpd.persistence.definitions import BadStoreURL, check_url
+
+    try:
+        check_url(url)
+    except BadStoreURL as exc:
+        parser.exit(2, f"amqpd: error: 'definitions_url': {exc}\n")
 
 
 async def serve(config: Config) -> None:

@@ -28,6 +28,7 @@ from amqpd.errors import AMQPError
 from amqpd.persistence.definitions import (
     DefinitionsError,
     DefinitionsStore,
+    StoreUnavailable,
     sqlite_url,
     thaw,
     thaw_table,
@@ -183,6 +184,8 @@ class DefinitionsWriter:
                 op = self._ops.popleft()
                 try:
                     await op(self.store)
+                except StoreUnavailable as exc:  # its one line says it all
+                    log.error("could not store a definition change: %s", exc)
                 except Exception:  # a store error must not stop the broker
                     log.exception("could not store a definition change")
                 self.stored += 1

@@ -12,6 +12,10 @@ touch a running broker's data and a broker cannot start under them.
 
 --url names a store other than the data directory's SQLite file (the lock
 is still taken in the data directory).
+
+Exit status: 0 done; 1 refused (a running broker, a bad file, a store that
+cannot be opened or read: one line naming the file or URL and the problem);
+2 bad arguments, a --url that names no async SQLAlchemy driver included.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from .model import KINDS, Definitions
 from .rabbitmq_json import ImportSummary, export_json, parse_json
 from .store import (
     DEFINITIONS_FILE_NAME,
+    BadStoreURL,
     DefinitionsError,
     DefinitionsStore,
+    check_url,
     sqlite_url,
 )
 from .validation import DefinitionsRefused, import_checked, refuse_invalid
@@ -83,6 +89,12 @@ def main(argv: list[str]) -> int:
     """Run `definitions ARGS`; argv is what follows "definitions"."""
     args = _parser().parse_args(argv)
     try:
+        if args.url is not None:
+            check_url(args.url)
+    except BadStoreURL as error:
+        print(f"amqpd definitions {args.command}: --url: {error}", file=sys.stderr)
+        return 2
+    try:
         if args.command == "export":
             _export(args.file, args.data_dir, args.url)
         else:
@@ -103,10 +115,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _holds_store(data_dir: Path) -> bool:
+    # lexists: a broken symlink in the store's place is a store that cannot
+    # be opened, and must be reported as that, not taken for no store
+    return os.path.lexists(data_dir / DEFINITIONS_FILE_NAME)
+
+
 def _export(file: str, data_dir: Path, url: str | None) -> None:
     if not data_dir.is_dir():
         raise DefinitionsError(f"no data directory {data_dir}")
-    if url is None and not (data_dir / DEFINITIONS_FILE_NAME).exists():
+    if url is None and not _holds_store(data_dir):
         raise DefinitionsError(f"{data_dir} holds no {DEFINITIONS_FILE_NAME}")
     with data_dir_lock(data_dir):
         document = anyio.run(_load_document, url or sqlite_url(data_dir))
@@ -133,7 +151,7 @@ def _import(file: str, data_dir: Path, url: str | None) -> None:
     # refuse a bad file before touching the data dir; the entries the
     # broker refuses can be told only against the store, if there is one
     definitions = parse_json(document).definitions
-    if url is None and not (data_dir / DEFINITIONS_FILE_NAME).exists():
+    if url is None and not _holds_store(data_dir):
         refuse_invalid(definitions, Definitions())
     data_dir.mkdir(parents=True, exist_ok=True)
     with data_dir_lock(data_dir):

@@ -8,6 +8,9 @@ Known limit: PostgreSQL text cannot hold the NUL character, so a name or
 routing key containing one (legal in AMQP) fails to store there with
 SQLAlchemy's DBAPIError. SQLite stores it. Values inside arguments are
 not affected: they live in JSON columns, where NUL is escaped.
+
+A database that cannot be opened or read raises StoreUnavailable, never
+SQLAlchemy's own error (database.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import schema
+from .database import check_sqlite_file, open_engine, reporting
 from .model import (
     KIND_OF,
     KINDS,
@@ -44,7 +48,7 @@ from .store import (
     missing,
     required_records,
 )
-from .values import dumps, from_tagged, table_from_tagged, to_tagged
+from .values import from_tagged, table_from_tagged, to_tagged
 
 _Row = sa.Row[Any]
 
@@ -229,23 +233,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
 class SQLDefinitionsStore(DefinitionsStore):
     """Definitions in a SQL database; see store.DefinitionsStore for rules."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, where: str) -> None:
         self._engine = engine
+        self._where = where
         self._lock = anyio.Lock()
         self._closed = False
 
     @classmethod
     async def connect(cls, url: str) -> SQLDefinitionsStore:
-        engine = create_async_engine(url, json_serializer=dumps)
-        if engine.dialect.name == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine, where = open_engine(url)
         try:
-            async with engine.begin() as connection:
-                await connection.run_sync(schema.migrate)
+            check_sqlite_file(engine.url)
+            if engine.dialect.name == "sqlite":
+                sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            with reporting(where, opening=True):
+                async with engine.begin() as connection:
+                    await connection.run_sync(schema.migrate)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, where)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -256,8 +263,9 @@ class SQLDefinitionsStore(DefinitionsStore):
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         if self._closed:
             raise StoreClosed("the definitions store is closed")
-        async with self._lock, self._engine.begin() as connection:
-            yield connection
+        with reporting(self._where):
+            async with self._lock, self._engine.begin() as connection:
+                yield connection
 
     async def schema_version(self) -> int:
         async with self._transaction() as connection:

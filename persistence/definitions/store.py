@@ -64,6 +64,18 @@ class StoreClosed(DefinitionsError):
     """The store was used after aclose()."""
 
 
+class StoreUnavailable(DefinitionsError):
+    """The database cannot be opened or read: a damaged or unreadable
+    SQLite file, a server that cannot be reached, a driver not installed.
+    The message is one line that names the file or the URL (password
+    hidden) and the problem."""
+
+
+class BadStoreURL(StoreUnavailable, ValueError):
+    """The URL can never name a store: SQLAlchemy cannot parse it, knows no
+    dialect of that name, or the driver it names is not an async one."""
+
+
 def required_records(record: Record) -> list[tuple[str, str]]:
     """The (kind, name) of each vhost or user `record` needs to exist first."""
     needs: list[tuple[str, str]] = []
@@ -84,6 +96,17 @@ def sqlite_url(data_dir: str | Path) -> str:
     """The default store URL: a SQLite file in the data directory."""
     path = Path(data_dir).absolute() / DEFINITIONS_FILE_NAME
     return f"sqlite+aiosqlite:///{path}"
+
+
+def check_url(url: str) -> None:
+    """Raise BadStoreURL for a URL no store can be opened at, without
+    opening anything, so that a configuration error is told apart from a
+    store that is down or damaged."""
+    if url == MEMORY_URL:
+        return
+    from .database import check_sql_url
+
+    check_sql_url(url)
 
 
 class DefinitionsStore(abc.ABC):

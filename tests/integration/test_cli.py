@@ -411,6 +411,56 @@ def test_second_broker_on_the_same_data_dir_exits_1(
     round_trip(port)  # the first broker is unharmed
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("foo://db", "foo://db: SQLAlchemy has no database 'foo'"),
+        ("garbage", "the URL does not parse (expected dialect+driver://...)"),
+        ("sqlite:///defs.db", "sqlite:///defs.db: The asyncio extension requires"),
+    ],
+    ids=["unknown-scheme", "unparsable", "sync-driver"],
+)
+def test_definitions_url_no_async_driver_takes_exits_2_with_one_line(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    config = tmp_path / "amqpd.toml"
+    config.write_text(f'definitions_url = "{url}"\n')
+    data_dir = tmp_path / "data"
+
+    code, lines = run([*MODULE, "--config", str(config), *base_args(data_dir)])
+
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"amqpd: error: 'definitions_url': {message}")
+    assert not data_dir.exists()  # refused before anything is opened
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that is bound, not listening: connects are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_unreachable_definitions_server_exits_1_with_one_line(
+    tmp_path: Path, refusing_port: int
+) -> None:
+    where = f"amqpd:{{}}@127.0.0.1:{refusing_port}/amqpd"
+    config = tmp_path / "amqpd.toml"
+    url = "postgresql+asyncpg://" + where.format("s3cret")
+    config.write_text(f'definitions_url = "{url}"\n')
+
+    code, lines = run([*MODULE, "--config", str(config), *base_args(tmp_path)])
+
+    assert code == 1
+    shown = "postgresql+asyncpg://" + where.format("***")
+    assert len(errors(lines)) == 1, lines
+    assert errors(lines)[0].startswith(f"amqpd: definitions store: {shown}: ")
+    assert "[Errno 111]" in errors(lines)[0]  # ECONNREFUSED
+    assert not any("s3cret" in line or "Traceback" in line for line in lines)
+
+
 def test_lock_left_by_kill_9_does_not_block_the_next_start(
     spawn: type[BrokerProcess], tmp_path: Path
 ) -> None:

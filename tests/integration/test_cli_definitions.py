@@ -4,16 +4,24 @@ Both work on a stopped broker only: a running broker holds DATA/amqpd.lock
 and they exit 1 saying so. A file exported from one data directory and
 imported into a fresh one gives a broker there the same topology and users.
 A file with entries the broker would refuse is refused whole, and so is the
-start of a broker whose ``load_definitions`` file has any.
+start of a broker whose ``load_definitions`` file has any. A damaged or
+unreadable store stops the start, the export and the import with one line
+and exit 1, and changes nothing in the data directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +419,207 @@ def test_start_with_a_refused_load_definitions_file_exits_1_changing_nothing(
         + "; ".join(REFUSED_LINES)
     )
     assert export(source, tmp_path / "after.json") == before
+
+
+# a damaged or unreadable store: one line, exit 1, nothing changed ----------
+
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ amqpd[.\w]*: ")
+DAMAGE_HINT = "restore it from a backup or an export, or move it away to start empty"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stopped broker's data dir: topology, a user, a journaled message."""
+    path = tmp_path_factory.mktemp("pristine") / "data"
+    with BrokerThread(data_dir=path) as broker:
+        declare_topology(broker)
+        with channel(broker) as ch:
+            ch.confirm_delivery()
+            persistent = pika.BasicProperties(delivery_mode=2)
+            ch.basic_publish("", "defs.q", b"kept", persistent)
+    return path
+
+
+def overwrite_the_header(store: Path) -> str:
+    with store.open("r+b") as stream:
+        stream.write(bytes(range(100)))
+    return f"file is not a database ({DAMAGE_HINT})"
+
+
+def truncate_to_half(store: Path) -> str:
+    os.truncate(store, store.stat().st_size // 2)
+    return f"database disk image is malformed ({DAMAGE_HINT})"
+
+
+def replace_with_random_bytes(store: Path) -> str:
+    size = store.stat().st_size
+    store.write_bytes(random.Random(7).randbytes(size))
+    return f"file is not a database ({DAMAGE_HINT})"
+
+
+def damage_the_queues_table(store: Path) -> str:
+    # the schema reads fine; the store is found damaged only by load()
+    with closing(sqlite3.connect(store)) as db:
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'amqpd_queues'"
+        ).fetchone()
+    with store.open("r+b") as stream:
+        stream.seek((root - 1) * page_size)
+        stream.write(b"\xff" * page_size)
+    return f"database disk image is malformed ({DAMAGE_HINT})"
+
+
+def make_it_a_directory(store: Path) -> str:
+    store.unlink()
+    store.mkdir()
+    return f"is a directory ({DAMAGE_HINT})"
+
+
+def make_it_a_symlink_loop(store: Path) -> str:
+    store.unlink()
+    store.symlink_to(store.name)
+    return f"too many levels of symbolic links ({DAMAGE_HINT})"
+
+
+# chmod 000 is not among them: these tests run as root, which reads the
+# file all the same (the broker then starts). As another user, the line
+# says "permission denied" and that the broker's user must be able to read
+# and write the file.
+DAMAGES = [
+    pytest.param(damage, id=damage.__name__.replace("_", "-"))
+    for damage in (
+        overwrite_the_header,
+        truncate_to_half,
+        replace_with_random_bytes,
+        damage_the_queues_table,
+        make_it_a_directory,
+        make_it_a_symlink_loop,
+    )
+]
+
+
+@pytest.fixture(params=DAMAGES)
+def damaged(
+    request: pytest.FixtureRequest, pristine: Path, tmp_path: Path
+) -> tuple[Path, str]:
+    """A copy of `pristine` with its store damaged, and the problem that
+    the one line names."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(pristine, data_dir, symlinks=True)
+    problem: str = request.param(data_dir / "definitions.sqlite3")
+    return data_dir, problem
+
+
+def snapshot(data_dir: Path) -> dict[str, bytes | str]:
+    """Every entry under data_dir (file bytes, link targets, directories)
+    but amqpd.lock, which each command rewrites with its PID."""
+    found: dict[str, bytes | str] = {}
+    for parent, dirs, files in os.walk(data_dir):
+        for name in dirs + files:
+            path = Path(parent, name)
+            key = str(path.relative_to(data_dir))
+            if path.is_symlink():
+                found[key] = f"symlink to {os.readlink(path)}"
+            elif path.is_dir():
+                found[key] = "directory"
+            elif key != "amqpd.lock":
+                found[key] = path.read_bytes()
+    return found
+
+
+def test_start_on_a_damaged_store_exits_1_with_one_line_changing_nothing(
+    damaged: tuple[Path, str],
+) -> None:
+    data_dir, problem = damaged
+    before = snapshot(data_dir)
+    argv = [sys.executable, "-m", "amqpd", "--port", "0", "--bind", "127.0.0.1",
+            "--data-dir", str(data_dir)]  # fmt: skip
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    store = data_dir / "definitions.sqlite3"
+    printed = [line for line in done.stderr.splitlines() if not LOG_RECORD.match(line)]
+    assert printed == [f"amqpd: definitions store: {store}: {problem}"]
+    assert snapshot(data_dir) == before
+
+
+def test_export_of_a_damaged_store_exits_1_with_one_line_changing_nothing(
+    damaged: tuple[Path, str], tmp_path: Path
+) -> None:
+    data_dir, problem = damaged
+    before = snapshot(data_dir)
+
+    done = definitions(
+        "export", str(tmp_path / "out.json"), "--data-dir", str(data_dir)
+    )
+
+    assert done.returncode == 1
+    store = data_dir / "definitions.sqlite3"
+    assert done.stderr == f"amqpd definitions export: {store}: {problem}\n"
+    assert snapshot(data_dir) == before
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("damage", [overwrite_the_header, damage_the_queues_table])
+def test_import_into_a_damaged_store_exits_1_with_one_line_changing_nothing(
+    pristine: Path, tmp_path: Path, damage: Callable[[Path], str]
+) -> None:
+    exported = tmp_path / "defs.json"
+    export(pristine, exported)
+    data_dir = tmp_path / "data"
+    shutil.copytree(pristine, data_dir)
+    problem = damage(data_dir / "definitions.sqlite3")
+    before = snapshot(data_dir)
+
+    done = definitions("import", str(exported), "--data-dir", str(data_dir))
+
+    assert done.returncode == 1
+    store = data_dir / "definitions.sqlite3"
+    assert done.stderr == f"amqpd definitions import: {store}: {problem}\n"
+    assert snapshot(data_dir) == before
+
+
+def test_a_damaged_store_moved_away_starts_empty_and_keeps_the_messages(
+    pristine: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(pristine, data_dir)
+    overwrite_the_header(data_dir / "definitions.sqlite3")
+    (data_dir / "definitions.sqlite3").rename(tmp_path / "damaged.sqlite3")
+
+    # as the one line says: the broker starts with an empty store, and the
+    # journal's message comes back in a plain durable queue of that name
+    with BrokerThread(data_dir=data_dir) as broker, channel(broker) as ch:
+        _method, _props, body = ch.basic_get("defs.q", auto_ack=True)
+        assert body == b"kept"
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            ch.exchange_declare("defs.topic", passive=True)
+    assert closed.value.reply_code == 404
+
+
+def test_export_with_a_url_no_async_driver_takes_exits_2(tmp_path: Path) -> None:
+    done = definitions("export", "-", "--data-dir", str(tmp_path), "--url", "foo://db")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "amqpd definitions export: --url: foo://db: SQLAlchemy has no database 'foo'\n"
+    )
+
+
+def test_export_from_an_unreachable_server_exits_1_with_one_line(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as refusing:  # bound, not listening
+        refusing.bind(("127.0.0.1", 0))
+        where = f"amqpd:{{}}@127.0.0.1:{refusing.getsockname()[1]}/amqpd"
+        url = "postgresql+asyncpg://" + where.format("s3cret")
+        done = definitions("export", "-", "--data-dir", str(tmp_path), "--url", url)
+
+    assert done.returncode == 1
+    shown = "postgresql+asyncpg://" + where.format("***")
+    assert done.stderr.startswith(f"amqpd definitions export: {shown}: [Errno 111]")
+    assert len(done.stderr.splitlines()) == 1
+    assert "s3cret" not in done.stderr
+    assert done.stdout == ""
