@@ -14,6 +14,7 @@ from amqpd.persistence.definitions import (
     DefinitionsStore,
     Queue,
     SchemaTooNew,
+    StoreUnavailable,
     VHost,
     schema,
     sqlite_url,
@@ -92,8 +93,10 @@ async def test_a_failed_migration_leaves_the_old_version(
         schema, "MIGRATIONS", (*schema.MIGRATIONS, (later, "broken", broken))
     )
     monkeypatch.setattr(schema, "SCHEMA_VERSION", later)
-    with pytest.raises(sa.exc.OperationalError):
+    # one line for the operator, the database's error kept as the cause
+    with pytest.raises(StoreUnavailable, match="no such table: no_such_table") as info:
         await DefinitionsStore.connect(sqlite_url(tmp_path))
+    assert isinstance(info.value.__cause__, sa.exc.OperationalError)
 
     assert versions(tmp_path) == list(range(1, SCHEMA_VERSION + 1))
 
