@@ -21,13 +21,25 @@ QUEUE_POLICY_KEYS = LOWER_WINS + ARGUMENT_WINS
 EXCHANGE_POLICY_KEYS = ("alternate-exchange",)
 POLICY_KEYS = QUEUE_POLICY_KEYS + EXCHANGE_POLICY_KEYS
 # keys of RabbitMQ 3.x accepted for compatibility, with no effect here:
-# bodies are paged past the broker-wide budget whatever the mode, and
-# there is one node to place a queue on
-NO_EFFECT_POLICY_KEYS = {
+# bodies are paged past the broker-wide budget whatever the mode, and there
+# is one node (no mirrors to place or promote); None: any value
+NO_EFFECT_POLICY_KEYS: dict[str, tuple[str, ...] | None] = {
     "queue-mode": ("default", "lazy"),
     "queue-master-locator": ("min-masters", "client-local", "random"),
+    "ha-mode": ("all", "exactly", "nodes"),
+    "ha-params": None,
+    "ha-sync-mode": ("manual", "automatic"),
+    "ha-sync-batch-size": None,
+    "ha-promote-on-shutdown": ("always", "when-synced"),
+    "ha-promote-on-failure": ("always", "when-synced"),
 }
 APPLY_TO = ("queues", "exchanges", "all")
+# integer queue arguments, checked as RabbitMQ checks them
+_INTEGER_ARGUMENTS = (
+    "x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes",
+    "x-delivery-limit", "x-max-priority",
+)  # fmt: skip
+MAX_EXPIRY = 4294967295  # ms: RabbitMQ's largest TTL and x-expires
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # arguments quorum queues refuse (RabbitMQ 3.x)
@@ -88,9 +100,9 @@ def validate_policy(
     for key, value in definition.items():
         if key == "max-priority":
             raise ValueError("'max-priority' can only be set as a queue argument")
-        allowed = NO_EFFECT_POLICY_KEYS.get(key)
-        if allowed is not None:
-            if value not in allowed:
+        if key in NO_EFFECT_POLICY_KEYS:
+            allowed = NO_EFFECT_POLICY_KEYS[key]
+            if allowed is not None and value not in allowed:
                 raise ValueError(f"'{key}' must be one of {', '.join(allowed)}")
             continue
         if key not in POLICY_KEYS:
@@ -161,39 +173,39 @@ def validate_queue_arguments(
     def bad(key: str, why: str) -> PreconditionFailed:
         return PreconditionFailed(f"invalid arg '{key}' for {where}: {why}", 50, 10)
 
-    for key, minimum in (
-        ("x-message-ttl", 0), ("x-expires", 1), ("x-max-length", 0),
-        ("x-max-length-bytes", 0), ("x-delivery-limit", 0),
-    ):  # fmt: skip
-        if key in arguments:
-            value = arguments[key]
-            if not _is_int(value):
-                raise bad(key, f"{{unacceptable_type,{type(value).__name__}}}")
-            if value < minimum:
-                raise bad(key, f"{{value_too_small,{value},{minimum}}}")
-    if "x-max-priority" in arguments:
-        value = arguments["x-max-priority"]
+    # RabbitMQ 3.10.8's checks and texts (its reply ends in an Erlang term)
+    for key in _INTEGER_ARGUMENTS:
+        if key not in arguments:
+            continue
+        value = arguments[key]
         if not _is_int(value):
-            raise bad("x-max-priority", "{unacceptable_type}")
-        if not 1 <= value <= 255:
-            raise bad("x-max-priority", f"{{value_out_of_range,{value},1,255}}")
+            raise bad(key, f'"expected integer, got {amqp_type_name(value)}"')
+        if key == "x-expires" and value == 0:
+            raise bad(key, "{value_zero,0}")
+        if value < 0:
+            raise bad(key, f"{{value_negative,{value}}}")
+        if key in ("x-expires", "x-message-ttl") and value > MAX_EXPIRY:
+            raise bad(key, f"{{value_too_large,{value}}}")
+        if key == "x-max-priority":
+            if value > 255:
+                raise bad(key, f"{{max_value_exceeded,{value}}}")
+            if value == 0:  # RabbitMQ takes 0 as "no priorities"; amqpd refuses
+                raise bad(key, "{value_zero,0}")
     mode = arguments.get("x-queue-mode")
     if isinstance(mode, bytes):
         mode = mode.decode(errors="replace")
-    if mode is not None and mode not in NO_EFFECT_POLICY_KEYS["queue-mode"]:
+    if mode is not None and mode not in ("default", "lazy"):
         raise bad("x-queue-mode", f"\"unsupported queue mode '{mode}'\"")
+    for key in ("x-overflow", "x-dead-letter-exchange", "x-dead-letter-routing-key"):
+        value = arguments.get(key)
+        if value is not None and not isinstance(value, str | bytes):
+            raise bad(key, f"{{unacceptable_type,{amqp_type_name(value)}}}")
     if "x-overflow" in arguments and arguments["x-overflow"] not in OVERFLOW:
-        raise bad("x-overflow", f"{{unknown_value,{arguments['x-overflow']!r}}}")
-    for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
-        if key in arguments and not isinstance(arguments[key], str | bytes):
-            raise bad(key, "{unacceptable_type}")
+        raise bad("x-overflow", "invalid_overflow")
     if "x-dead-letter-routing-key" in arguments and (
         "x-dead-letter-exchange" not in arguments
     ):
-        raise bad(
-            "x-dead-letter-routing-key",
-            "x-dead-letter-routing-key is set but x-dead-letter-exchange is not",
-        )
+        raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
     sac = arguments.get("x-single-active-consumer")
     if sac is not None and not isinstance(sac, bool):
         raise bad(

@@ -557,15 +557,16 @@ def test_argument_alternate_exchange_wins_over_policy(
         ch.exchange_delete(name)
 
 
-def test_rabbitmq_3_policy_with_queue_mode_applies_its_other_keys(
+def test_rabbitmq_3_policy_with_queue_mode_and_ha_keys_applies_its_other_keys(
     policies: Policies, ch: BlockingChannel
 ) -> None:
-    # common in RabbitMQ 3.x exports: queue-mode is accepted (no effect
-    # here) and the limits beside it apply
+    # common in RabbitMQ 3.x exports: queue-mode and the mirroring keys are
+    # accepted (no effect here) and the limits beside them apply
     p = policies.prefix
     policies.set(
         f"{p}-lazy", f"^{p}-q$",
         {"queue-mode": "lazy", "queue-master-locator": "min-masters",
+         "ha-mode": "exactly", "ha-params": 2, "ha-sync-mode": "automatic",
          "max-length": 2, "overflow": "reject-publish"},
     )  # fmt: skip
     queue = declare(ch, f"{p}-q")
@@ -589,7 +590,10 @@ def bad(
 BAD_POLICIES = [
     bad({"max-priority": 10}, "'max-priority' can only be set as a queue argument",
         id="max-priority"),
-    bad({"ha-mode": "all"}, "unknown policy key 'ha-mode'", id="unknown-key"),
+    bad({"federation-upstream": "up"}, "unknown policy key 'federation-upstream'",
+        id="unknown-key"),
+    bad({"ha-mode": "some"}, "'ha-mode' must be one of all, exactly, nodes",
+        id="bad-ha-mode"),
     bad({"queue-mode": "lazier"}, "'queue-mode' must be one of default, lazy",
         id="bad-queue-mode"),
     bad({}, "a policy needs at least one key", id="empty"),

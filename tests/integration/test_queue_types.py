@@ -363,3 +363,37 @@ def test_unknown_queue_mode_is_refused_406_as_rabbitmq_does(
         "vhost '/': \"unsupported queue mode 'bogus'\""
     )
     assert not exists(conn, name)
+
+
+# RabbitMQ 3.10's replies to bad queue arguments, word for word (from a
+# probe of a real RabbitMQ 3.10.8; value_too_large, unacceptable_type and
+# invalid_overflow from its argument checks' source)
+@pytest.mark.parametrize(
+    ("arguments", "key", "term"),
+    [
+        ({"x-max-priority": 256}, "x-max-priority", "{max_value_exceeded,256}"),
+        ({"x-max-priority": -1}, "x-max-priority", "{value_negative,-1}"),
+        ({"x-message-ttl": "60"}, "x-message-ttl", '"expected integer, got longstr"'),
+        ({"x-message-ttl": 2**32}, "x-message-ttl", "{value_too_large,4294967296}"),
+        ({"x-max-length": -1}, "x-max-length", "{value_negative,-1}"),
+        ({"x-max-length-bytes": -2}, "x-max-length-bytes", "{value_negative,-2}"),
+        ({"x-expires": 0}, "x-expires", "{value_zero,0}"),
+        ({"x-expires": -3}, "x-expires", "{value_negative,-3}"),
+        ({"x-dead-letter-routing-key": "k"}, "x-dead-letter-routing-key",
+         "routing_key_but_no_dlx_defined"),
+        ({"x-dead-letter-exchange": 5}, "x-dead-letter-exchange",
+         "{unacceptable_type,signedint}"),
+        ({"x-overflow": "drop-tail"}, "x-overflow", "invalid_overflow"),
+    ],
+)  # fmt: skip
+def test_bad_queue_argument_gets_rabbitmqs_406_text(
+    conn: BlockingConnection, arguments: dict[str, Any], key: str, term: str
+) -> None:
+    name = unique("badarg")
+    err = refused(conn, lambda ch: ch.queue_declare(name, arguments=arguments))
+    assert err.reply_code == 406
+    assert err.reply_text == (
+        f"PRECONDITION_FAILED - invalid arg '{key}' for queue '{name}' in "
+        f"vhost '/': {term}"
+    )
+    assert not exists(conn, name)
