@@ -57,6 +57,12 @@ SCENARIOS: dict[str, Scenario] = {
             fresh_broker=True,
         ),
         Scenario(
+            "persistent-backlog",
+            "backlog with persistent messages into a durable queue, confirmed",
+            scenarios.persistent_backlog,
+            fresh_broker=True,
+        ),
+        Scenario(
             "conn-churn",
             "connect, open a channel, close, many times",
             operations.conn_churn,

@@ -252,8 +252,21 @@ def latency(run: Run) -> Outcome:
 
 def backlog(run: Run) -> Outcome:
     """Fill a queue with no consumer, weigh it, then drain it."""
+    return _backlog(run, persistent=False)
+
+
+def persistent_backlog(run: Run) -> Outcome:
+    """``backlog`` with persistent messages into a durable queue, confirmed.
+
+    Against a broker whose memory budget for message bodies is below the
+    backlog, the drain reads the bodies back from the broker's disk.
+    """
+    return _backlog(run, persistent=True)
+
+
+def _backlog(run: Run, persistent: bool) -> Outcome:
     options = run.options
-    queue = run.declare_queue(run.name())
+    queue = run.declare_queue(run.name(), durable=persistent)
     flow = Flow(
         "",
         queue,
@@ -261,8 +274,12 @@ def backlog(run: Run) -> Outcome:
         options.phase_limit,
         max_count=options.backlog,
         rate=_rate_cap(run),
+        persistent=persistent,
+        confirm_window=options.confirm_window if persistent else 0,
     )
     run.settings.update(body_size=BACKLOG_SIZE, messages=options.backlog)
+    if persistent:
+        run.settings.update(delivery_mode=2, durable_queue=True)
     filled = run_flow(run, flow, [])
     published = int(filled.publisher["published"])
     queued = run.queue_depth(queue, published)

@@ -103,7 +103,7 @@ def test_persistent_confirm_counts_fail_when_a_confirm_is_missing(
 
 def test_memory_scenarios_ask_for_a_fresh_broker_and_flows_for_a_warmup() -> None:
     fresh = {name for name, s in SCENARIOS.items() if s.fresh_broker}
-    assert fresh == {"backlog", "many-queues"}
+    assert fresh == {"backlog", "persistent-backlog", "many-queues"}
     warm = {name for name, s in SCENARIOS.items() if s.warmup}
     assert warm == {
         "publish-only",
