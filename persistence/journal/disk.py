@@ -15,10 +15,11 @@ rewritten before the records that made its contents dead are on disk.
 
 ``read_body`` reads a live message's body back (the broker's pager uses it
 past its memory budget). It runs on the event loop thread while a worker
-thread may be renaming a compacted file over the segment it reads; so the
-plan opens a reader on a segment before compacting it, reads go on through
-that descriptor to the old file at the old offsets, and the reader is
-closed only when the loop thread takes the new offsets (``_finish``).
+thread may be renaming a compacted file over the segment it reads; so a
+reader is opened on the segment (once its batch is written, right before
+the compaction's thread starts), reads go on through that descriptor to
+the old file at the old offsets, and the reader is closed only when the
+loop thread takes the new offsets (``_finish``).
 """
 
 from __future__ import annotations
@@ -348,6 +349,7 @@ class DiskJournal:
                 self._last_sync = time.monotonic()
                 self._complete(batch.last_lsn)
             while plan is not None:
+                self._hold_reader(plan)
                 self._finish(plan, self._maintain(plan))
                 # A durability callback may have appended: plan again only
                 # when nothing unwritten could have made segments dead.
@@ -455,6 +457,7 @@ class DiskJournal:
                     self._last_sync = time.monotonic()
                 self._complete(batch.last_lsn)
             if plan is not None:
+                self._hold_reader(plan)
                 offsets = await anyio.to_thread.run_sync(self._maintain, plan)
                 self._finish(plan, offsets)
 
@@ -558,15 +561,20 @@ class DiskJournal:
             return None
         delete = sorted(table.empty, key=lambda seg: seg.segment_id)
         table.empty.clear()
-        compaction = plan_compaction(table)
-        if compaction is not None:
-            # reads go on to the old file until _finish takes the new offsets
-            segment = compaction.segment
-            if segment.segment_id not in self._readers:
-                self._readers[segment.segment_id] = self._layer.open_reader(
-                    segment.path
-                )
-        return _Maintenance(delete, compaction)
+        return _Maintenance(delete, plan_compaction(table))
+
+    def _hold_reader(self, plan: _Maintenance) -> None:
+        """Before a compaction's thread starts, on the loop thread: open a
+        reader on the old file, so that reads go on there at the old
+        offsets until _finish takes the new ones. Not at planning time: the
+        segment's file may not be written yet then (its records were
+        appended, and most of them made dead, within one batch)."""
+        compaction = plan.compaction
+        if compaction is None:
+            return
+        segment_id = compaction.segment.segment_id
+        if segment_id not in self._readers:
+            self._readers[segment_id] = self._layer.open_reader(compaction.segment.path)
 
     def _maintain(self, plan: _Maintenance) -> list[int] | None:
         # Whatever made these segments dead must be on disk before they go.

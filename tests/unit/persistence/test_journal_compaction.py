@@ -307,3 +307,25 @@ async def test_bodies_read_while_a_segment_is_compacted_come_out_whole(
             handle = journal.locate(mid)
             assert handle is not None and journal.read_body(handle) == body_of(mid)
         assert journal.locate(acked[0]) is None
+
+
+def test_a_segment_sparse_before_its_first_write_is_compacted_after_it(
+    tmp_path: Path,
+) -> None:
+    # records appended and mostly acked within one batch: the segment is
+    # sealed and sparse while its file does not exist yet
+    journal = opened(tmp_path)
+    for mid in range(1, 121):
+        journal.append_many(message(mid))
+    assert not seg(tmp_path, 1).exists()
+    first = [mid for mid in range(1, 121) if mid % 10]
+    for mid in first:
+        journal.append(AckRecord("q", mid))
+    journal.flush()
+
+    assert journal.statistics().compactions >= 1
+    for mid in range(10, 121, 10):
+        handle = journal.locate(mid)
+        assert handle is not None and journal.read_body(handle) == body_of(mid)
+    journal.close()
+    assert live_ids(tmp_path) == list(range(10, 121, 10))
