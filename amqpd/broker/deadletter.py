@@ -8,12 +8,15 @@ for byte except the ones RabbitMQ changes: ``expiration`` is removed, and
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
-from amqpd.broker.message import Message
+from amqpd.broker.message import BodyLost, Message
 from amqpd.codec import properties, table
 from amqpd.codec.fastpath import shortstr
+
+log = logging.getLogger("amqpd.deadletter")
 
 if TYPE_CHECKING:
     from amqpd.broker.queue import Entry, Queue
@@ -157,7 +160,16 @@ def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
             if journaled:
                 store.removed(queue, entry)  # type: ignore[union-attr]
             continue
-        copy, targets = _route_copy(queue, entry, reason, dlx_name, exchange)
+        try:
+            copy, targets = _route_copy(queue, entry, reason, dlx_name, exchange)
+        except BodyLost as exc:  # damaged on disk: nothing to dead-letter
+            log.error(
+                "queue '%s' in vhost '%s': could not dead-letter a message whose "
+                "body cannot be read back: %s", queue.name, vhost.name, exc,
+            )  # fmt: skip
+            if journaled:
+                store.removed(queue, entry)  # type: ignore[union-attr]
+            continue
         if journaled:
             store.moved(queue, entry, copy, targets)  # type: ignore[union-attr]
         elif targets and vhost.store is not None and copy.persistent:

@@ -14,6 +14,11 @@ JOURNAL_PAGE = 0
 segments are numbered from 1); ``Page.where`` is then the journal's handle."""
 
 
+class BodyLost(Exception):
+    """A paged-out body could not be read back (its journal record or
+    scratch file is damaged or gone): the message cannot be delivered."""
+
+
 class Page:
     """Where a paged-out body is: a scratch segment and offset, or the
     journal. Messages sharing a body (copies) share the Page, so moving the

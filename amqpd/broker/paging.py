@@ -36,11 +36,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amqpd.broker.message import JOURNAL_PAGE, CountedMessage, Page
+from amqpd.broker.message import JOURNAL_PAGE, BodyLost, CountedMessage, Page
+from amqpd.persistence.journal.errors import JournalError
 
 if TYPE_CHECKING:
     from amqpd.broker.message import Message
-    from amqpd.persistence.journal import Journal, JournalError
+    from amqpd.persistence.journal import Journal
 
 log = logging.getLogger("amqpd.paging")
 
@@ -209,13 +210,20 @@ class Pager:
         self.journal_paged_messages += 1
 
     def read(self, message: Message) -> bytes:
-        """The body of a paged message, read back for one delivery."""
+        """The body of a paged message, read back for one delivery; BodyLost
+        if it cannot be (damaged on disk)."""
         page = message.page
         assert page is not None
-        if page.segment == JOURNAL_PAGE:
-            assert self.journal is not None
-            return self.journal.read_body(page.where)
-        return os.pread(self._segments[page.segment].fd, page.size, page.where)
+        try:
+            if page.segment == JOURNAL_PAGE:
+                assert self.journal is not None
+                return self.journal.read_body(page.where)
+            body = os.pread(self._segments[page.segment].fd, page.size, page.where)
+        except (JournalError, OSError, KeyError) as exc:
+            raise BodyLost(str(exc)) from exc
+        if len(body) != page.size:
+            raise BodyLost(f"scratch segment {page.segment} is cut short")
+        return body
 
     def share(self, copy: Message, original: Message) -> None:
         """``copy`` refers to the same paged body as ``original``."""

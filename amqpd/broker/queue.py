@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from amqpd.codec import properties, table
 
 if TYPE_CHECKING:
     from amqpd.broker.vhost import VHost
+
+log = logging.getLogger("amqpd.queue")
 
 READY, UNACKED, GONE = 0, 1, 2
 DELIVERY_BATCH = 256  # messages per write when one consumer can take many
@@ -372,6 +375,20 @@ class Queue:
             self.unacked += 1
         if entry.returns and self.count_deliveries:
             entry.message = with_delivery_count(entry.message, entry.returns)
+
+    def lose(self, entry: Entry, error: Exception) -> None:
+        """A handed-out message whose body cannot be read back (damaged on
+        disk): it leaves the queue for good, logged, instead of failing
+        every consumer it would go to."""
+        if entry.state == UNACKED:
+            self.unacked -= 1
+            if self.store is not None and entry.message.journal_id:
+                self.store.removed(self, entry)
+        entry.state = GONE
+        log.error(
+            "queue '%s' in vhost '%s': dropped a message whose body cannot be "
+            "read back: %s", self.name, self.vhost.name, error,
+        )  # fmt: skip
 
     def _deliver(self, consumer: Consumer, entry: Entry) -> None:
         self._hand_out(entry, consumer.no_ack)

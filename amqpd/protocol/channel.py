@@ -22,7 +22,7 @@ from pamqp import commands as spec
 from pamqp.base import Frame as Method
 
 from amqpd.broker.consumer import UNLIMITED, Consumer
-from amqpd.broker.message import Message
+from amqpd.broker.message import BodyLost, Message
 from amqpd.broker.policy import amqp_type_name
 from amqpd.broker.queue import Entry, Queue
 from amqpd.broker.vhost import Exchange
@@ -490,17 +490,22 @@ class ChannelMachine:
         return not self.global_prefetch or self.consumer_unacked < self.global_prefetch
 
     def deliver(self, consumer: Consumer, entry: Entry, queue: Queue) -> None:
+        message = entry.message
+        try:
+            body = message.content()
+        except BodyLost as exc:
+            queue.lose(entry, exc)
+            return
         self.next_tag += 1
         tag = self.next_tag
         if not consumer.no_ack:
             self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
             self.consumer_unacked += 1
-        message = entry.message
         conn = self.conn
         conn.write(fastpath.deliver_message(
             self.number, consumer.ctag, tag, entry.redelivered, message.ex_rk,
-            message.header, message.content(), conn.frame_max,
+            message.header, body, conn.frame_max,
         ))  # fmt: skip
 
     def room(self) -> int:
@@ -522,19 +527,25 @@ class ChannelMachine:
         unacked = self.unacked
         build = fastpath.deliver_message
         for entry in entries:
+            message = entry.message
+            body = message.body
+            if body is None:
+                try:
+                    body = message.content()
+                except BodyLost as exc:
+                    queue.lose(entry, exc)
+                    continue
             tag += 1
             if track:
                 unacked[tag] = (entry, queue, consumer)
-            message = entry.message
-            body = message.body
             parts.append(build(
                 number, ctag, tag, entry.redelivered, message.ex_rk, message.header,
-                body if body is not None else message.content(), frame_max,
+                body, frame_max,
             ))  # fmt: skip
-        self.next_tag = tag
         if track:
-            consumer.unacked += len(entries)
-            self.consumer_unacked += len(entries)
+            consumer.unacked += tag - self.next_tag
+            self.consumer_unacked += tag - self.next_tag
+        self.next_tag = tag
         self.conn.write(b"".join(parts))
 
     def cancel_by_server(self, consumer: Consumer) -> None:
@@ -811,10 +822,17 @@ class ChannelMachine:
 
     def _on_get(self, m: spec.Basic.Get) -> None:
         queue = self.vhost.get_queue(self._queue_name(m.queue, 70), self.conn)
-        entry = queue.get(m.no_ack)
-        if entry is None:
-            self.send(spec.Basic.GetEmpty())
-            return
+        while True:
+            entry = queue.get(m.no_ack)
+            if entry is None:
+                self.send(spec.Basic.GetEmpty())
+                return
+            try:
+                body = entry.message.content()
+            except BodyLost as exc:
+                queue.lose(entry, exc)
+                continue
+            break
         self.next_tag += 1
         tag = self.next_tag
         if not m.no_ack:
@@ -825,9 +843,7 @@ class ChannelMachine:
             self.number, tag, entry.redelivered, message.ex_rk, queue.message_count
         ))  # fmt: skip
         conn.write_many(
-            build_content(
-                self.number, message.header, message.content(), conn.frame_max
-            )
+            build_content(self.number, message.header, body, conn.frame_max)
         )
 
     # confirm and tx classes

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pika
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from amqpd.testing import BrokerThread
@@ -314,4 +315,55 @@ def test_bodies_come_back_from_a_compacted_encrypted_journal_after_a_restart(
         rest = _drain(ch, "kept", count - count // 2)
         assert rest == [_body(i) for i in range(count // 2, count)]
         assert _pager(broker) == ALL_ZERO
+        conn.close()
+
+
+def _damage_body(data_dir: Path, marker: bytes) -> None:
+    """Flip one byte inside the journal record that holds ``marker``."""
+    for segment in sorted((data_dir / "journal").glob("*.seg")):
+        raw = segment.read_bytes()
+        at = raw.find(marker)
+        if at >= 0:
+            with open(segment, "r+b") as file:
+                file.seek(at + len(marker) // 2)
+                file.write(b"\xff")
+            return
+    raise AssertionError("marker not found in the journal")
+
+
+def test_a_body_damaged_on_disk_is_dropped_and_logged_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # compression off, so the body can be found in the segment
+    options = {
+        "data_dir": tmp_path / "data",
+        "message_memory_budget": BUDGET,
+        "journal_compress_threshold": 0,
+    }
+    count = 300
+    damaged = [150, 151, 152]
+    with BrokerThread(**options) as broker:
+        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for name in ("consumed", "got"):
+            ch.queue_declare(name, durable=True)
+            for i in range(count):
+                ch.basic_publish("", name, _body(i), PERSISTENT)
+        for i in damaged:
+            _damage_body(broker.data_dir, _body(i))
+            _damage_body(broker.data_dir, _body(i))  # its copy in "got" too
+
+        with caplog.at_level("ERROR", logger="amqpd.queue"):
+            received = _drain(ch, "consumed", count - len(damaged))
+            got = []
+            while (message := ch.basic_get("got", auto_ack=True))[0] is not None:
+                got.append(message[2])
+        expected = [_body(i) for i in range(count) if i not in damaged]
+        assert received == expected and got == expected
+        assert ch.is_open and conn.is_open
+        assert ch.queue_declare("consumed", passive=True).method.message_count == 0
+        lost = [r for r in caplog.records if "cannot be read back" in r.message]
+        assert len(lost) == 2 * len(damaged)
+        assert "fails its checksum" in lost[0].message
         conn.close()
