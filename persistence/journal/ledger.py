@@ -12,12 +12,28 @@ message whose ENQUEUE is gone, and that is normal.
 
 With a SegmentTable, every applied record also takes and gives back holds
 on the slots of the records it keeps alive (see segment.py).
+
+Two shapes of the same state. While the ledger keeps records (recovery, the
+in-memory journal) every live message is a LiveMessage and every queue
+entry a LiveEntry, which ``snapshot`` reads. Once a disk journal has handed
+the records over (``forget_records``) it needs only slots and counts, and
+the common cases become one int each in the dicts that hold them:
+
+- a message on disk held by fewer than ``_REFS_FULL`` entries is
+  ``slot << _REF_BITS | refs``;
+- a queue entry with no DELIVERY_COUNT record is the slot of the record
+  that created it.
+
+That is about 145 bytes less per queued message (measured with 100,000
+queued: 344 down to 200 bytes for the ledger and its slot arrays), and no
+object per message for the cyclic collector to walk: a dict of ints is not
+tracked at all. The other cases (no slot, many queues, a delivery count)
+keep their object; every method takes both shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from operator import attrgetter
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .errors import RecordRejected
@@ -32,6 +48,9 @@ from .records import (
 )
 from .segment import SegmentTable
 from .state import QueuedMessage
+
+_REF_BITS = 8
+_REFS_FULL = (1 << _REF_BITS) - 1  # refs mask; this many refs need an object
 
 
 class LiveMessage:
@@ -53,21 +72,15 @@ class LiveMessage:
 
 
 class LiveEntry:
-    """A message's place in one queue."""
+    """A message's place in one queue.
 
-    __slots__ = (
-        "count",
-        "count_slot",
-        "creator",
-        "expires_at_ms",
-        "message",
-        "sequence",
-    )
+    ``sequence``, ``expires_at_ms`` and ``count`` are read by ``snapshot``
+    only; after ``forget_records`` they are no longer kept up to date.
+    """
 
-    def __init__(
-        self, message: LiveMessage, sequence: int, expires: int, creator: int | None
-    ) -> None:
-        self.message = message
+    __slots__ = ("count", "count_slot", "creator", "expires_at_ms", "sequence")
+
+    def __init__(self, sequence: int, expires: int, creator: int | None) -> None:
         self.sequence = sequence
         self.expires_at_ms = expires
         self.count = 0
@@ -75,7 +88,42 @@ class LiveEntry:
         self.count_slot: int | None = None
 
 
-_by_sequence = attrgetter("sequence")
+Live = int | LiveMessage  # a packed int: see the module docstring
+Held = int | LiveEntry  # an int: the slot of the entry's creating record
+
+
+def _by_sequence(item: tuple[int, Held]) -> int:
+    return item[1].sequence  # type: ignore[union-attr]
+
+
+class LiveMessages(Mapping[int, LiveMessage]):
+    """The ledger's live messages by id, each seen as a LiveMessage.
+
+    A view: a message the ledger keeps as a packed int is handed out as a
+    new LiveMessage, a copy that changing does not change the ledger.
+    """
+
+    __slots__ = ("_live",)
+
+    def __init__(self, live: dict[int, Live]) -> None:
+        self._live = live
+
+    def __getitem__(self, message_id: int) -> LiveMessage:
+        live = self._live[message_id]
+        if isinstance(live, LiveMessage):
+            return live
+        msg = LiveMessage(message_id, None, live >> _REF_BITS)
+        msg.refs = live & _REFS_FULL
+        return msg
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._live
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
 
 
 class Ledger:
@@ -86,8 +134,9 @@ class Ledger:
     """
 
     def __init__(self, table: SegmentTable | None = None) -> None:
-        self.messages: dict[int, LiveMessage] = {}
-        self.queues: dict[str, dict[int, LiveEntry]] = {}
+        self._live: dict[int, Live] = {}
+        self.messages = LiveMessages(self._live)
+        self.queues: dict[str, dict[int, Held]] = {}
         self.max_message_id = 0
         self.ignored = 0
         self.keeps_records = True
@@ -109,9 +158,9 @@ class Ledger:
 
     def drop_unreferenced(self) -> int:
         """Forget messages no queue took (end of recovery); return how many."""
-        lonely = [msg for msg in self.messages.values() if msg.refs == 0]
-        for msg in lonely:
-            self._forget(msg)
+        lonely = [mid for mid in self._live if self._refs(mid) == 0]
+        for message_id in lonely:
+            self._forget(message_id)
         return len(lonely)
 
     def forget_records(self) -> None:
@@ -119,34 +168,51 @@ class Ledger:
 
         A disk journal needs them only until recovery has handed them over;
         after that the broker holds the messages and the ledger only ids.
+        Messages and entries take their packed shape, in place: no second
+        dict while a recovered backlog is at its largest.
         """
         self.keeps_records = False
-        for msg in self.messages.values():
+        live = self._live
+        for message_id, msg in live.items():
+            if not isinstance(msg, LiveMessage):
+                continue
             msg.record = None
+            if msg.slot is not None and msg.refs < _REFS_FULL:
+                live[message_id] = msg.slot << _REF_BITS | msg.refs
+        for entries in self.queues.values():
+            for message_id, entry in entries.items():
+                if not isinstance(entry, LiveEntry):
+                    continue
+                if entry.creator is not None and entry.count_slot is None:
+                    entries[message_id] = entry.creator
 
     def snapshot(self) -> dict[str, tuple[QueuedMessage, ...]]:
         """Every queue's live messages, ordered by sequence."""
         if not self.keeps_records:
             raise RuntimeError("this ledger no longer keeps message records")
-        return {
-            queue: tuple(
-                QueuedMessage(
-                    e.message.record,  # type: ignore[arg-type]
-                    e.sequence,
-                    e.count,
-                    e.expires_at_ms,
-                )
-                for e in sorted(entries.values(), key=_by_sequence)
+        return {queue: self._queued(entries) for queue, entries in self.queues.items()}
+
+    def _queued(self, entries: dict[int, Held]) -> tuple[QueuedMessage, ...]:
+        # while records are kept, every message and entry is an object
+        live: dict[int, LiveMessage] = self._live  # type: ignore[assignment]
+        ordered: list[tuple[int, LiveEntry]]
+        ordered = sorted(entries.items(), key=_by_sequence)  # type: ignore[arg-type]
+        return tuple(
+            QueuedMessage(
+                live[mid].record,  # type: ignore[arg-type]
+                e.sequence,
+                e.count,
+                e.expires_at_ms,
             )
-            for queue, entries in self.queues.items()
-        }
+            for mid, e in ordered
+        )
 
     def _reject(self, strict: bool, reason: str) -> None:
         if strict:
             raise RecordRejected(reason)
         self.ignored += 1
 
-    def _entry(self, queue: str, message_id: int) -> LiveEntry | None:
+    def _entry(self, queue: str, message_id: int) -> Held | None:
         entries = self.queues.get(queue)
         return None if entries is None else entries.get(message_id)
 
@@ -155,40 +221,74 @@ class Ledger:
     def _apply_message(
         self, record: MessageRecord, slot: int | None, strict: bool
     ) -> None:
-        if record.message_id in self.messages:
+        if record.message_id in self._live:
             self._reject(strict, f"message {record.message_id} is already live")
             return
         self._add_message(record, slot)
 
-    def _add_message(self, record: MessageRecord, slot: int | None) -> LiveMessage:
+    def _add_message(self, record: MessageRecord, slot: int | None) -> None:
         message_id = record.message_id
-        msg = LiveMessage(message_id, record if self.keeps_records else None, slot)
-        self.messages[message_id] = msg
+        if slot is not None and not self.keeps_records:
+            self._live[message_id] = slot << _REF_BITS
+        else:
+            kept = record if self.keeps_records else None
+            self._live[message_id] = LiveMessage(message_id, kept, slot)
         if message_id > self.max_message_id:
             self.max_message_id = message_id
         if slot is not None and self._table is not None:
             self._table.hold(slot)
-        return msg
 
-    def _unref(self, msg: LiveMessage, strict: bool) -> None:
-        msg.refs -= 1
+    # a message's refs: the entries (and MOVE's pin) that hold it
+
+    def _refs(self, message_id: int) -> int:
+        live = self._live[message_id]
+        if isinstance(live, LiveMessage):
+            return live.refs
+        return live & _REFS_FULL
+
+    def _ref(self, message_id: int) -> None:
+        live = self._live[message_id]
+        if isinstance(live, LiveMessage):
+            live.refs += 1
+        elif live & _REFS_FULL < _REFS_FULL - 1:
+            self._live[message_id] = live + 1
+        else:
+            msg = LiveMessage(message_id, None, live >> _REF_BITS)
+            msg.refs = _REFS_FULL
+            self._live[message_id] = msg
+
+    def _unref(self, message_id: int, strict: bool) -> None:
+        live = self._live[message_id]
+        if isinstance(live, LiveMessage):
+            live.refs -= 1
+            refs = live.refs
+        else:
+            live -= 1
+            self._live[message_id] = live
+            refs = live & _REFS_FULL
         # Replay keeps a message no queue holds until drop_unreferenced at
         # the end: a later MOVE may still place it in a queue, when the
         # record that put it in the MOVE's source queue was compacted away.
-        if msg.refs == 0 and strict:
-            self._forget(msg)
+        if refs == 0 and strict:
+            self._forget(message_id)
 
-    def _forget(self, msg: LiveMessage) -> None:
-        del self.messages[msg.message_id]
-        if msg.slot is not None and self._table is not None:
-            self._table.release(msg.slot)
+    def _forget(self, message_id: int) -> None:
+        live = self._live.pop(message_id)
+        slot = live.slot if isinstance(live, LiveMessage) else live >> _REF_BITS
+        if slot is not None and self._table is not None:
+            self._table.release(slot)
 
     # queue entries
+
+    def _held(self, sequence: int, expires: int, slot: int | None) -> Held:
+        if slot is not None and not self.keeps_records:
+            return slot
+        return LiveEntry(sequence, expires, slot)
 
     def _add_entry(
         self,
         queue: str,
-        msg: LiveMessage,
+        message_id: int,
         sequence: int,
         expires: int,
         slot: int | None,
@@ -196,8 +296,8 @@ class Ledger:
         entries = self.queues.get(queue)
         if entries is None:
             entries = self.queues[queue] = {}
-        entries[msg.message_id] = LiveEntry(msg, sequence, expires, slot)
-        msg.refs += 1
+        entries[message_id] = self._held(sequence, expires, slot)
+        self._ref(message_id)
         if slot is not None and self._table is not None:
             self._table.hold(slot)
 
@@ -210,14 +310,19 @@ class Ledger:
             del self.queues[queue]
         table = self._table
         if table is not None:
-            if entry.count_slot is not None:
-                table.release(entry.count_slot)
-            creator = entry.creator
+            creator: int | None = None
+            count_slot: int | None = None
+            if isinstance(entry, LiveEntry):
+                creator, count_slot = entry.creator, entry.count_slot
+            else:
+                creator = entry
+            if count_slot is not None:
+                table.release(count_slot)
             if creator is not None:
                 table.release(creator)
                 if tomb is not None:
                     table.depend(creator, tomb)
-        self._unref(entry.message, strict)
+        self._unref(message_id, strict)
 
     # ENQUEUE, ACK, DELIVERY_COUNT, PURGE
 
@@ -226,7 +331,8 @@ class Ledger:
     ) -> None:
         # _add_entry inlined: one ENQUEUE per published message and queue
         message_id, queue = record.message_id, record.queue
-        msg = self.messages.get(message_id)
+        live = self._live
+        msg = live.get(message_id)
         if msg is None:
             self._reject(strict, f"ENQUEUE of unknown message {message_id}")
             return
@@ -236,10 +342,14 @@ class Ledger:
         elif message_id in entries:
             self._reject(strict, f"message {message_id} is already in {queue!r}")
             return
-        entries[message_id] = LiveEntry(
-            msg, record.sequence, record.expires_at_ms, slot
-        )
-        msg.refs += 1
+        if slot is not None and not self.keeps_records:
+            entries[message_id] = slot
+        else:
+            entries[message_id] = LiveEntry(record.sequence, record.expires_at_ms, slot)
+        if type(msg) is int and msg & _REFS_FULL < _REFS_FULL - 1:
+            live[message_id] = msg + 1
+        else:
+            self._ref(message_id)
         if slot is not None and self._table is not None:
             self._table.hold(slot)
 
@@ -258,8 +368,15 @@ class Ledger:
             reason = f"DELIVERY_COUNT: {record.message_id} is not in {record.queue!r}"
             self._reject(strict, reason)
             return
-        entry.count = record.count
         table = self._table
+        if not isinstance(entry, LiveEntry):
+            # packed: records are forgotten, the count itself is not kept
+            if table is None or slot is None:
+                return
+            entry = self.queues[record.queue][record.message_id] = LiveEntry(
+                0, 0, entry
+            )
+        entry.count = record.count
         if table is None or slot is None:
             return
         if entry.count_slot is not None:
@@ -278,31 +395,31 @@ class Ledger:
         if strict:
             self._check_move(record)
         new = record.message
-        msg: LiveMessage | None
+        message_id: int | None = None
         if new is None:
-            msg = self.messages.get(record.message_id)
-        elif new.message_id in self.messages:
+            if record.message_id in self._live:
+                message_id = record.message_id
+        elif new.message_id in self._live:
             self.ignored += 1
-            msg = None
         else:
-            msg = self._add_message(new, slot)
-        if msg is not None:
-            msg.refs += 1  # pinned, so leaving the source cannot forget it
+            self._add_message(new, slot)
+            message_id = new.message_id
+        if message_id is not None:
+            self._ref(message_id)  # pinned, so leaving the source cannot forget it
         if self._entry(record.source, record.message_id) is not None:
             self._remove_entry(record.source, record.message_id, slot, strict)
         else:
             self.ignored += 1
-        if msg is None:
+        if message_id is None:
             return
-        message_id = msg.message_id
         for target in record.targets:
             if self._entry(target.queue, message_id) is not None:
                 self.ignored += 1
                 continue
             self._add_entry(
-                target.queue, msg, target.sequence, target.expires_at_ms, slot
+                target.queue, message_id, target.sequence, target.expires_at_ms, slot
             )
-        self._unref(msg, strict)
+        self._unref(message_id, strict)
 
     def _check_move(self, record: MoveRecord) -> None:
         if self._entry(record.source, record.message_id) is None:
@@ -310,7 +427,7 @@ class Ledger:
             raise RecordRejected(reason)
         new = record.message
         if new is not None:
-            if new.message_id in self.messages:
+            if new.message_id in self._live:
                 raise RecordRejected(f"MOVE: message {new.message_id} is already live")
             if not record.targets:
                 raise RecordRejected("MOVE with a new message needs a target queue")
