@@ -15,7 +15,7 @@ import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
@@ -93,8 +93,13 @@ def _check_consume_arguments(arguments: dict[str, Any], where: str) -> None:
         )  # fmt: skip
 
 
+@lru_cache(maxsize=1024)
 def _decode_publish(payload: bytes) -> tuple[str, str, bytes, bool]:
-    """basic.publish's exchange, routing key, raw exchange+key, mandatory."""
+    """basic.publish's exchange, routing key, raw exchange+key, mandatory.
+
+    Remembered for the last distinct publish methods: messages published
+    with the same exchange and routing key share those objects (about 90
+    bytes per queued message) and skip the decoding."""
     try:
         exchange, key, ex_rk, mandatory, immediate = fastpath.decode_publish(payload)
     except (IndexError, UnicodeDecodeError) as exc:

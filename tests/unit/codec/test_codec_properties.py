@@ -133,6 +133,16 @@ def test_shared_scan_equals_scan_whatever_the_body_size(
     assert properties.scan_shared(other)[1] == properties.scan(other)
 
 
+def test_headers_differing_only_in_values_share_one_spans_dict() -> None:
+    first = build({"message_id": "id-0001", "delivery_mode": 2}, 10)
+    second = build({"message_id": "id-0002", "delivery_mode": 2}, 99)
+    longer = build({"message_id": "id-00003", "delivery_mode": 2}, 10)
+    spans = properties.scan_shared(first)[1]
+    assert properties.scan_shared(second)[1] is spans
+    assert properties.scan_shared(longer)[1] is not spans
+    assert properties.get(second, spans, "message_id") == "id-0002"
+
+
 def test_shared_scan_refuses_what_scan_refuses() -> None:
     for bad in (bytes(13), struct.pack(">HHQH", 60, 0, 0, 0x0001)):
         with pytest.raises(ValueError):
