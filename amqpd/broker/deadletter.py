@@ -145,14 +145,22 @@ def is_cycle(history: list[tuple[str, str]], target: str) -> bool:
     return False
 
 
-def dead_letter(queue: Queue, entries: list[Entry], reason: str) -> None:
+def dead_letter(
+    queue: Queue, entries: list[Entry], reason: str, *, queued: bool = True
+) -> None:
     """Publish dead-lettered copies of ``entries`` to the queue's DLX (or
-    just drop them), journaling the move for persistent messages."""
+    just drop them), journaling the move for persistent messages.
+
+    ``queued`` is False for a message the queue refused (reject-publish-dlx):
+    it never entered the queue, nor the queue's journal, so there is no
+    removal to record; a persistent copy for durable queues is journaled as
+    a new message.
+    """
     settings = queue.settings
     vhost = queue.vhost
     dlx_name = settings.dead_letter_exchange
     exchange = vhost.exchanges.get(dlx_name) if dlx_name is not None else None
-    store = queue.store
+    store = queue.store if queued else None
     for entry in entries:
         journaled = store is not None and entry.message.journal_id
         if exchange is None or dlx_name is None:

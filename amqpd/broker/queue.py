@@ -213,8 +213,9 @@ class Queue:
                 if settings.overflow == "reject-publish-dlx":
                     self._seq += 1
                     deadletter.dead_letter(
-                        self, [Entry(self._seq, message)], deadletter.MAXLEN
-                    )
+                        self, [Entry(self._seq, message)], deadletter.MAXLEN,
+                        queued=False,
+                    )  # fmt: skip
                 return False
         self._seq += 1
         entry = Entry(self._seq, message)

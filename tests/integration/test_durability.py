@@ -267,6 +267,43 @@ def test_dead_lettered_persistent_message_survives_restart_once(
         assert count(ch, "dlq") == 0
 
 
+@pytest.mark.parametrize("dlx", ["", "no-such-exchange"])
+def test_persistent_message_refused_by_reject_publish_dlx_is_kept_elsewhere(
+    tmp_path: Path, dlx: str
+) -> None:
+    # the refusing queue never held the message, in memory or in the
+    # journal: dead-lettering it must not record a removal from it
+    data = tmp_path / "data"
+    arguments = {
+        "x-max-length": 1, "x-overflow": "reject-publish-dlx",
+        "x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dlq",
+    }  # fmt: skip
+    with running(data) as broker, channel(broker.port) as ch:
+        ch.exchange_declare("both", "fanout", durable=True)
+        ch.queue_declare("dlq", durable=True)
+        ch.queue_declare("full", durable=True, arguments=arguments)
+        ch.queue_declare("keep", durable=True)
+        ch.queue_bind("full", "both")
+        ch.queue_bind("keep", "both")
+        ch.confirm_delivery()
+        ch.basic_publish("both", "", b"m0", PERSISTENT)
+        for body in (b"m1", b"m2"):
+            with pytest.raises(pika.exceptions.NackError):
+                ch.basic_publish("both", "", body, PERSISTENT)
+        assert ch.is_open
+        assert (count(ch, "full"), count(ch, "keep")) == (1, 3)
+        assert count(ch, "dlq") == (2 if dlx == "" else 0)
+    for _ in range(2):
+        with running(data) as broker, channel(broker.port) as ch:
+            assert (count(ch, "full"), count(ch, "keep")) == (1, 3)
+            assert count(ch, "dlq") == (2 if dlx == "" else 0)
+    with running(data) as broker, channel(broker.port) as ch:
+        assert [body for body, _ in drain(ch, "keep")] == [b"m0", b"m1", b"m2"]
+        assert [body for body, _ in drain(ch, "dlq")] == (
+            [b"m1", b"m2"] if dlx == "" else []
+        )
+
+
 def test_message_expired_while_stopped_is_dead_lettered_once_at_start(
     tmp_path: Path,
 ) -> None:
