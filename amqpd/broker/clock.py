@@ -17,13 +17,25 @@ from collections.abc import Callable
 class AsyncioScheduler:
     """Timers on the running asyncio (or uvloop) event loop."""
 
+    def __init__(self) -> None:
+        self.stopped = False
+
     def clock(self) -> float:
         return time.monotonic()
 
     def call_later(
         self, delay: float, callback: Callable[[], None]
     ) -> asyncio.TimerHandle:
-        return asyncio.get_running_loop().call_later(delay, callback)
+        return asyncio.get_running_loop().call_later(delay, self._fire, callback)
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        if not self.stopped:
+            callback()
+
+    def stop(self) -> None:
+        """Fire no more timers: the broker is shutting down, and a queue
+        expiring messages now would write to a journal that is closing."""
+        self.stopped = True
 
 
 class _ManualTimer:
@@ -52,6 +64,10 @@ class ManualScheduler:
         timer = _ManualTimer(callback)
         heapq.heappush(self._timers, (self.now + delay, next(self._ids), timer))
         return timer
+
+    def stop(self) -> None:
+        """Drop every pending timer."""
+        self._timers.clear()
 
     def advance(self, seconds: float) -> None:
         """Move time forward, firing every timer that falls due on the way."""

@@ -47,6 +47,9 @@ class Scheduler(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` after ``delay`` seconds."""
 
+    def stop(self) -> None:
+        """Fire no more timers (shutdown)."""
+
 
 class Entry:
     """A message's place in one queue."""

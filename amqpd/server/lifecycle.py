@@ -320,6 +320,8 @@ class Broker:
         with anyio.move_on_after(DRAIN_TIMEOUT):
             while self.node.connections:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
+        # no queue may expire messages into a journal that is closing
+        self.node.scheduler.stop()
         if self.definitions is not None:
             with anyio.move_on_after(DRAIN_TIMEOUT):
                 await self.definitions.flush()

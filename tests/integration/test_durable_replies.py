@@ -4,6 +4,7 @@ kill -9 right after the reply keeps it."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,4 +135,45 @@ def test_confirm_after_a_nowait_declaration_waits_until_it_is_stored(
         # the same arguments: a queue restored without them would be 406
         declared = ch.queue_declare("nw.q", durable=True, arguments=arguments)
         assert declared.method.message_count == 1
+        conn.close()
+
+
+def test_sigterm_while_messages_expire_logs_no_error_and_loses_none(
+    tmp_path: Path,
+) -> None:
+    # queue timers keep firing during shutdown unless they are stopped
+    # first; then they expire messages into a journal that is closing
+    data = tmp_path / "data"
+    queues, per_queue = 10, 200
+    arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq"}
+    proc = BrokerProcess(data)
+    try:
+        conn = connect(proc.wait_ready())
+        ch = conn.channel()
+        ch.queue_declare("dlq", durable=True)
+        ch.confirm_delivery()
+        for q in range(queues):
+            ch.queue_declare(f"ttl{q}", durable=True, arguments=arguments)
+            for i in range(per_queue):
+                ttl = str(50 + (q * per_queue + i) % 700)  # expiring throughout
+                props = pika.BasicProperties(delivery_mode=2, expiration=ttl)
+                ch.basic_publish("", f"ttl{q}", b"m", props)
+        conn.close()
+        assert proc.stop() == 0
+        errors = [ln for ln in proc.lines if "Traceback" in ln or " ERROR " in ln]
+        assert errors == []
+    finally:
+        proc.kill()
+    with _broker(data) as (_proc, port):
+        conn = connect(port)
+        ch = conn.channel()
+        deadline = time.monotonic() + 10
+        while ch.queue_declare("dlq", passive=True).method.message_count < (
+            queues * per_queue
+        ):
+            assert time.monotonic() < deadline, "messages went missing"
+            time.sleep(0.05)
+        assert ch.queue_declare("dlq", passive=True).method.message_count == (
+            queues * per_queue
+        )
         conn.close()
