@@ -185,7 +185,10 @@ class Queue:
         return 0 if ttl is None else int(time.time() * 1000) + ttl
 
     def restore(self, entries: list[Entry]) -> None:
-        """Recovered messages, in order, ready again."""
+        """Recovered messages, in order, ready again. Length limits are
+        applied later (``apply_limits``), once every queue is restored:
+        dropping a message now could dead-letter it into a queue whose own
+        older messages are not back yet."""
         for entry in entries:
             if self.max_priority:
                 prio = entry.message.priority
@@ -195,6 +198,9 @@ class Queue:
             if entry.expires_at:
                 self._track_expiry(entry)
             self._seq = max(self._seq, entry.seq)
+
+    def apply_limits(self) -> None:
+        """Enforce the length limits now (after a restore)."""
         if self.settings.limited:
             self._enforce_limits()
 

@@ -120,6 +120,7 @@ class MessageStore:
         self._next_id = max(self._next_id, state.next_message_id)
         messages: dict[int, Message] = {}
         unloaded = state.unloaded
+        restored: list[Queue] = []
         # most messages share an exchange and routing key: share the objects
         routes: dict[tuple[str, str], tuple[str, str, bytes]] = {}
         now_wall, now_mono = time.time(), time.monotonic()
@@ -166,7 +167,12 @@ class MessageStore:
                 for entry in entries:
                     pager.admit(entry.message, durable)
             queue.restore(entries)
+            restored.append(queue)
             count += len(entries)
+        # limits lowered while the broker was down drop (and maybe
+        # dead-letter) messages only now that every queue is back in order
+        for queue in restored:
+            queue.apply_limits()
         return count
 
     def _left_on_disk(self, queue: Queue, message: Message) -> None:

@@ -304,6 +304,36 @@ def test_persistent_message_refused_by_reject_publish_dlx_is_kept_elsewhere(
         )
 
 
+@pytest.mark.parametrize("order", [("src", "dlq"), ("dlq", "src")])
+def test_limit_lowered_while_stopped_dead_letters_behind_the_targets_messages(
+    tmp_path: Path, order: tuple[str, str]
+) -> None:
+    # restore puts every queue back before a lowered limit drops anything,
+    # whichever queue the journal lists first
+    data = tmp_path / "data"
+    with running(data) as broker, channel(broker.port) as ch:
+        for name in order:
+            ch.queue_declare(name, durable=True)
+        ch.confirm_delivery()
+        for i in range(30):
+            ch.basic_publish("", "src", b"src-%d" % i, PERSISTENT)
+        for i in range(5):
+            ch.basic_publish("", "dlq", b"old-%d" % i, PERSISTENT)
+    limit = [{
+        "name": "short", "pattern": "^src$", "apply-to": "queues",
+        "definition": {"max-length": 10, "overflow": "drop-head",
+                       "dead-letter-exchange": "",
+                       "dead-letter-routing-key": "dlq"},
+    }]  # fmt: skip
+    with running(data, policies=limit) as broker, channel(broker.port) as ch:
+        assert [b for b, _ in drain(ch, "src")] == [
+            b"src-%d" % i for i in range(20, 30)
+        ]
+        assert [b for b, _ in drain(ch, "dlq")] == [b"old-%d" % i for i in range(5)] + [
+            b"src-%d" % i for i in range(20)
+        ]
+
+
 def test_message_expired_while_stopped_is_dead_lettered_once_at_start(
     tmp_path: Path,
 ) -> None:
