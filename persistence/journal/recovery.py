@@ -120,7 +120,7 @@ def _resync(data: bytes, offset: int) -> Frame | None:
     return find_frame(data, offset + 1)
 
 
-class _Place:
+class RecordPlace:
     """Names the record being decoded in an error, formatted only if one occurs."""
 
     __slots__ = ("offset", "path")
@@ -238,7 +238,7 @@ def replay(
             continue
         segment = table.add(segment_id)
         segment.total_bytes = scan.size if scan.cut_at is None else scan.cut_at
-        where = _Place(path)
+        where = RecordPlace(path)
         slot = segment.slot
         for frame in scan.frames:
             where.offset = frame.offset
