@@ -642,6 +642,14 @@ class ConnectionMachine:
         )))  # fmt: skip
         self.state = CLOSING_CONN
 
+    def stop_deliveries(self) -> None:
+        """Take no more deliveries on any channel (shutdown, before the
+        connections close: messages another connection's close requeues
+        must stay in their queues, not go to a consumer about to close too,
+        whose acks would arrive after its own close and be ignored)."""
+        for channel in self.channels.values():
+            channel.flow_active = False
+
     def force_close(self, text: str = "broker shutdown") -> None:
         """Server-initiated close with 320 CONNECTION_FORCED."""
         if self.state in (HEADER, START_OK, TUNE_OK):

@@ -162,3 +162,6 @@ class ConnectionDriver:
 
     def force_close(self, text: str) -> None:
         self.conn.force_close(text)
+
+    def stop_deliveries(self) -> None:
+        self.conn.stop_deliveries()

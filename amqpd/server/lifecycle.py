@@ -309,12 +309,14 @@ class Broker:
         """Stop accepting, close connections with 320, release everything."""
         for listener in self._listeners:
             await listener.aclose()
-        drivers = list(self.node.connections)
+        drivers = [d for d in self.node.connections if isinstance(d, ConnectionDriver)]
+        # all at once: no connection's requeued messages go to another
+        # connection that is about to close
         for driver in drivers:
-            if isinstance(driver, ConnectionDriver):
-                driver.force_close(
-                    "broker forced connection closure with reason 'shutdown'"
-                )
+            driver.stop_deliveries()
+        reason = "broker forced connection closure with reason 'shutdown'"
+        for driver in drivers:
+            driver.force_close(reason)
         # connections leave from their own tasks once the client answers
         # close-ok; a short poll during shutdown is simpler than an event
         with anyio.move_on_after(DRAIN_TIMEOUT):

@@ -11,6 +11,10 @@ import anyio
 import pika
 import pytest
 from aiormq.exceptions import ConnectionClosed
+from amqp_wire import RawClient
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker
 
 import amqpd
@@ -217,3 +221,35 @@ async def test_fixture_serves_async_clients_too(amqpd_broker: BrokerThread) -> N
         assert message is not None
         assert message.body == b"async"
         await message.ack()
+
+
+def test_shutdown_does_not_hand_requeued_messages_to_a_closing_connection() -> None:
+    # the first connection's close requeues its unacked messages; the
+    # second connection, closed in the same moment, must not receive them
+    # (its acks would come after its own close and be ignored)
+    with BrokerThread() as broker:
+        holder, other = RawClient(broker.port), RawClient(broker.port)
+        for client in (holder, other):
+            client.handshake()
+            client.open_channel(1)
+            client.send_method(1, spec.Basic.Qos(prefetch_count=50))
+            client.expect(spec.Basic.QosOk, 1)
+        holder.send_method(1, spec.Queue.Declare(queue="shared"))
+        holder.expect(spec.Queue.DeclareOk, 1)
+        for i in range(10):
+            holder.publish(1, "", "shared", b"m%d" % i)
+        holder.send_method(1, spec.Basic.Consume(queue="shared", consumer_tag="h"))
+        holder.expect(spec.Basic.ConsumeOk, 1)
+        for _ in range(10):  # delivered, never acked
+            holder.expect(spec.Basic.Deliver, 1)
+            holder.expect(ContentHeader, 1)
+            holder.expect(ContentBody, 1)
+        other.send_method(1, spec.Basic.Consume(queue="shared", consumer_tag="o"))
+        other.expect(spec.Basic.ConsumeOk, 1)
+        broker.stop()
+        # after the stop, "other" saw nothing but its connection.close
+        _number, received = other.recv_frame()
+        assert isinstance(received, spec.Connection.Close), received
+        assert received.reply_code == 320
+        holder.close()
+        other.close()
