@@ -113,9 +113,7 @@ class Pager:
         """
         if message.counted:
             return
-        message.counted = True
-        message.pager = self
-        message.__class__ = CountedMessage
+        self._count(message)
         body = message.body
         assert body is not None
         size = len(body)
@@ -137,26 +135,38 @@ class Pager:
 
     def adopt_journaled(self, message: Message, handle: int) -> None:
         """Count a recovered message whose body is only in the journal."""
+        self._count(message)
+        self._to_journal(message, handle)
+
+    def _count(self, message: Message) -> None:
+        """From now on the pager hears when the last queue lets go."""
         message.counted = True
         message.pager = self
         message.__class__ = CountedMessage
+
+    def _to_journal(self, message: Message, handle: int) -> None:
         message.page = Page(JOURNAL_PAGE, handle, message.size)
+        message.body = None
         self.journal_paged += message.size
         self.journal_paged_messages += 1
 
     def _write(self, body: bytes) -> Page:
         """Append ``body`` to the newest scratch segment; its new page."""
+        page = Page(0, 0, len(body))
+        self._place(page, body)
+        return page
+
+    def _place(self, page: Page, body: bytes) -> None:
+        """Write ``body`` at the end of the newest segment, as ``page``."""
         segment = self._current
         size = len(body)
         if segment.size + size > self.segment_size and segment.size:
             segment = self._rotate()
-        offset = segment.size
-        os.pwrite(segment.fd, body, offset)
+        page.segment, page.where = segment.number, segment.size
+        os.pwrite(segment.fd, body, segment.size)
         segment.size += size
-        page = Page(segment.number, offset, size)
         segment.pages.add(page)
         segment.live_bytes += size
-        return page
 
     def _rotate(self) -> ScratchSegment:
         full = self._current
@@ -181,11 +191,7 @@ class Pager:
         segment = min(self._sparse, key=lambda seg: seg.number)
         self._sparse.discard(segment)
         for page in sorted(segment.pages, key=lambda page: page.where):
-            body = os.pread(segment.fd, page.size, page.where)
-            moved = self._write(body)
-            self._current.pages.discard(moved)
-            page.segment, page.where = moved.segment, moved.where
-            self._current.pages.add(page)
+            self._place(page, os.pread(segment.fd, page.size, page.where))
         segment.pages.clear()
         segment.close()
         del self._segments[segment.number]
@@ -204,10 +210,7 @@ class Pager:
             # before its fsync: keep the body for the little time left
             self.in_memory += size
             return
-        message.page = Page(JOURNAL_PAGE, handle, size)
-        message.body = None
-        self.journal_paged += size
-        self.journal_paged_messages += 1
+        self._to_journal(message, handle)
 
     def read(self, message: Message) -> bytes:
         """The body of a paged message, read back for one delivery; BodyLost
@@ -231,9 +234,7 @@ class Pager:
         if page is None:
             return
         copy.page = page
-        copy.counted = True
-        copy.pager = self
-        copy.__class__ = CountedMessage
+        self._count(copy)
         page.refs += 1
         if page.segment == JOURNAL_PAGE:
             self.journal_paged += copy.size

@@ -316,17 +316,25 @@ class ChannelMachine:
             for queue in vhost.route(exchange, routed):
                 if queue not in queues:
                     queues.append(queue)
-        lsn = 0
+        lsn = ticket = 0
+        journaled_at = None
         store = vhost.store
         if store is not None and queues and "delivery_mode" in message.spans:
             if message.persistent:
                 lsn = store.publish(message, queues)
+        if lsn:
+            # one pass over the queues: a body that only durable queues hold
+            # can be read back from the journal, and the confirm waits for
+            # the newest of their declarations to be stored (nowait ones)
+            whole = True
+            for queue in queues:
+                whole = whole and queue.journaled
+                if queue.definition_ticket > ticket:
+                    ticket = queue.definition_ticket
+            if whole:
+                journaled_at = lsn
         if queues and vhost.pager is not None:
-            # a body only durable queues hold can be read back from the journal
-            vhost.pager.admit(
-                message,
-                lsn if lsn and all(q.journaled for q in queues) else None,
-            )
+            vhost.pager.admit(message, journaled_at)
         refused = False
         for queue in queues:
             if not queue.publish(message):
@@ -344,12 +352,8 @@ class ChannelMachine:
             self.conn.confirms_pending.add(self)
         elif lsn and self.tx is not None:
             self.tx_lsn = lsn
-        if lsn:
-            # ... and for the declaration of its queue (nowait) to be stored
-            stored = self.conn.node.definitions_stored
-            for queue in queues:
-                if queue.definition_ticket > stored:
-                    self.conn.hold_until_stored(queue.definition_ticket)
+        if ticket:
+            self.conn.hold_until_stored(ticket)
 
     def watch_durable(self) -> None:
         """One journal callback for every confirm this read left waiting."""

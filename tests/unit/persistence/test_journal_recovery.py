@@ -29,7 +29,8 @@ from amqpd.persistence.journal import (
     check,
 )
 from amqpd.persistence.journal import format as fmt
-from amqpd.persistence.journal.recovery import scan_segment
+from amqpd.persistence.journal.codec import RecordCodec
+from amqpd.persistence.journal.recovery import replay, scan_segment
 
 KEY = bytes(range(32))
 
@@ -453,7 +454,17 @@ def test_bodies_past_the_budget_are_left_on_disk_and_read_back(
     journal.close()
 
 
-def test_journal_check_keeps_no_bodies_and_reports_the_same(tmp_path: Path) -> None:
+def test_replay_with_no_body_budget_keeps_no_body_and_reports_the_same(
+    tmp_path: Path,
+) -> None:
+    # what `journal check` runs (keep_bodies=0): every body left on disk,
+    # the same live state and report as a replay that keeps them
     write(tmp_path, published(1, 50))
-    assert check(tmp_path).clean
-    assert check(tmp_path).messages == 50
+    lean = replay(tmp_path, RecordCodec(), FileLayer(), keep_bodies=0)
+    full = replay(tmp_path, RecordCodec(), FileLayer())
+    state = lean.state()
+    assert sorted(state.unloaded) == list(range(1, 51))
+    assert all(item.message.body == b"" for item in state.queues["q"])
+    assert ids(state) == ids(full.state()) == list(range(1, 51))
+    assert lean.report == full.report == check(tmp_path)
+    assert check(tmp_path).clean and check(tmp_path).messages == 50
